@@ -1,0 +1,163 @@
+"""`mbert-export`: one subcommand per verb of the data flow (convert, export, check, ...).
+
+Every subcommand turns the project's own errors (bad checkpoint, bad config, bad arguments) into
+one `error: ...` line and exit status 2, never a traceback from deep inside torch or onnx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+EPILOG = """examples:
+  mbert-export convert megatron_bert_345m_v0_1_cased.zip hf/bert-345m-cased --vocab vocab.txt --cased
+  mbert-export convert checkpoints/iter_dir hf/my-bert
+  mbert-export export --task mlm --checkpoint hf/bert-345m-cased --output onnx/mlm/model.onnx
+  mbert-export check onnx/mlm/model.onnx
+
+run `mbert-export SUBCOMMAND --help` for the options of each step."""
+
+
+def progress(message: str) -> None:
+    """Progress lines go to stderr so that stdout stays machine-readable."""
+    print(message, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------- convert
+def add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "convert", help="convert a Megatron-LM checkpoint into a Hugging Face folder",
+        description="Read a Megatron-LM checkpoint (NGC zip, release folder, iteration folder with "
+                    "latest_checkpointed_iteration.txt, or a single model_optim_rng.pt), merge its "
+                    "tensor-parallel shards, and write a Hugging Face MegatronBERT folder (config.json, "
+                    "model.safetensors, tokenizer files when --vocab is given).")
+    p.add_argument("src", help="Megatron-LM checkpoint: .zip, folder, or .pt file")
+    p.add_argument("dst", help="output folder (must not exist or be empty unless --overwrite)")
+    p.add_argument("--vocab", help="WordPiece vocab.txt to ship with the model (NGC: the BERT vocab)")
+    case = p.add_mutually_exclusive_group()
+    case.add_argument("--lowercase", dest="lowercase", action="store_true", default=None,
+                      help="the vocab is uncased (lower-case the text)")
+    case.add_argument("--cased", dest="lowercase", action="store_false", help="the vocab is cased")
+    p.add_argument("--trust-remote-pickle", action="store_true",
+                   help="allow the checkpoint pickle to run arbitrary code (only for files you trust)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(run=run_convert)
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    from .checkpoints import convert_megatron
+
+    if args.vocab and args.lowercase is None:
+        raise ValueError("--vocab needs --lowercase or --cased (the NGC zips say which in their name)")
+    out = convert_megatron(args.src, args.dst, vocab=args.vocab, lowercase=args.lowercase,
+                           allow_unsafe_pickle=args.trust_remote_pickle, overwrite=args.overwrite,
+                           progress=progress)
+    print(out)
+    return 0
+
+
+# ---------------------------------------------------------------------------- export
+def add_export(sub: argparse._SubParsersAction) -> None:
+    from .tasks import TASKS
+
+    p = sub.add_parser(
+        "export", help="export one task head as an FP32 ONNX graph (verified against the reference)",
+        description="Trace the reference model of TASK to ONNX with dynamic batch/sequence axes, check it "
+                    "for TensorRT readiness, and compare it with the PyTorch reference on ONNX Runtime at "
+                    "several shapes (fails above 1e-4). The tokenizer files are copied next to the graph.")
+    p.add_argument("--task", required=True, choices=list(TASKS), metavar="TASK",
+                   help=f"one of: {', '.join(TASKS)}")
+    p.add_argument("--checkpoint", required=True,
+                   help="Hugging Face folder, or a Megatron-LM checkpoint that `convert` reads")
+    p.add_argument("--output", required=True, help="FILE.onnx to write (its folder gets the tokenizer)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: 17)")
+    p.add_argument("--max-seq-len", type=int, help="longest sequence to verify (default: max positions)")
+    p.add_argument("--no-verify", action="store_true", help="skip the comparison with the reference")
+    p.add_argument("--allow-random-head", action="store_true",
+                   help="export even if the checkpoint has no weights for the task's head (rarely wanted)")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .export import export_onnx, load_model_for_task
+
+    checkpoint = Path(args.checkpoint)
+    model = load_model_for_task(checkpoint, args.task, allow_random_head=args.allow_random_head,
+                                progress=progress)
+    result = export_onnx(model, args.task, args.output, opset=args.opset, max_seq_len=args.max_seq_len,
+                         verify=not args.no_verify, source=str(checkpoint),
+                         tokenizer_dir=checkpoint if checkpoint.is_dir() else None, progress=progress)
+    print(result.summary())
+    return 0
+
+
+# ---------------------------------------------------------------------------- check
+def add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check", help="check that an ONNX graph is ready for TensorRT 10.x and 11.x",
+        description="Exit 1 and list the offending nodes when the graph uses an op outside the TensorRT "
+                    "ONNX parser's support list, has float64 tensors, holds -inf or FP16-overflowing "
+                    "constants, or lacks the task's dynamic axes.")
+    p.add_argument("onnx_file", help="the .onnx graph")
+    p.add_argument("--task", help="task whose input axes to expect (default: from the graph metadata)")
+    p.set_defaults(run=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from .check import check_graph
+
+    problems = check_graph(args.onnx_file, args.task)
+    for line in problems:
+        print(line)
+    print(f"{args.onnx_file}: " + ("TensorRT-ready" if not problems else f"{len(problems)} problem(s)"))
+    return 1 if problems else 0
+
+
+# ---------------------------------------------------------------------------- main
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_export, add_check]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mbert-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Deploy MegatronBERT: convert checkpoints, export ONNX per task, build engines.")
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (reported in one line), as opposed to bugs (traceback)."""
+    from .config import ConfigError
+
+    errors: list[type[BaseException]] = [ConfigError, FileExistsError, FileNotFoundError,
+                                         PermissionError, ValueError]
+    try:
+        from .checkpoints import CheckpointError
+        from .export import ExportError
+        errors += [CheckpointError, ExportError]
+    except ImportError:  # torch missing: only torch-free subcommands work
+        pass
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except ModuleNotFoundError as exc:
+        print(f"error: {exc.name} is not installed; install the CPU setup with "
+              "`pip install -r requirements-cpu.txt` (or the [export] extra)", file=sys.stderr)
+        return 2
+    except user_errors() as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""FP32 ONNX export of one task head, with dynamic axes, graph hygiene and built-in verification.
+
+`export_onnx(model, task, output)` traces the reference model, checks and annotates the graph, writes
+it atomically (plus one external-data file when the weights exceed the protobuf limit), copies the
+tokenizer next to it, runs ONNX Runtime against the reference at shapes unlike the export sample,
+and runs the TensorRT readiness check.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxslim
+import torch
+
+from . import __version__
+from .check import check_graph
+from .checkpoints import CheckpointError
+from .config import MegatronBertConfig
+from .fileio import atomic_path
+from .modeling import MODEL_CLASSES, MegatronBertPreTrainedModel
+from .tasks import NUM_CHOICES, Task, get_task
+
+MIN_OPSET = 17  # first opset with a native LayerNormalization (TensorRT keeps its accumulation in FP32)
+DEFAULT_OPSET = 17
+#: ONNX protobufs stop at 2 GiB; above this many weight bytes the tensors go to one external file.
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
+VERIFY_TOLERANCE = 1e-4
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+
+Progress = Callable[[str], None]
+
+
+class ExportError(ValueError):
+    """Bad export arguments or a graph that fails its checks; the message says what to do."""
+
+
+@dataclass
+class ExportResult:
+    """What `export_onnx` wrote and measured."""
+
+    path: Path
+    task: str
+    opset: int
+    external_data: Path | None
+    seconds: float
+    max_abs_diff: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        worst = max(self.max_abs_diff.values()) if self.max_abs_diff else float("nan")
+        extra = f" + {self.external_data.name}" if self.external_data else ""
+        return (f"{self.path}{extra}: task {self.task}, opset {self.opset}, {self.seconds:.1f} s, "
+                f"max |onnx - torch| = {worst:.2e}")
+
+
+class _OnnxSignature(torch.nn.Module):
+    """Fixes the graph signature: three named inputs in, the task's outputs as a tuple out."""
+
+    def __init__(self, model: MegatronBertPreTrainedModel, task: Task):
+        super().__init__()
+        self.model, self.output_names = model, task.output_names
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        outputs = self.model(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return tuple(outputs[name] for name in self.output_names)
+
+
+# ---------------------------------------------------------------------------- inputs
+def sample_inputs(config: MegatronBertConfig, task: Task, batch: int, seq: int, seed: int = 0,
+                  padded: bool = True) -> dict[str, np.ndarray]:
+    """Random int64 inputs; rows after the first are right-padded to random lengths when `padded`."""
+    rng = np.random.default_rng(seed)
+    vocab = config.real_vocab_size
+    shape = (batch, 2, seq) if NUM_CHOICES in task.input_axes.values() else (batch, seq)
+    ids = rng.integers(1, vocab, size=shape, dtype=np.int64)
+    mask = np.ones(shape, dtype=np.int64)
+    types = np.zeros(shape, dtype=np.int64)
+    rows_ids, rows_mask, rows_types = ids.reshape(-1, seq), mask.reshape(-1, seq), types.reshape(-1, seq)
+    for row in range(rows_ids.shape[0]):
+        length = int(rng.integers(1, seq + 1)) if padded and row > 0 else seq
+        rows_ids[row, length:] = config.pad_token_id
+        rows_mask[row, length:] = 0
+        rows_types[row, int(rng.integers(0, length + 1)):length] = min(1, config.type_vocab_size - 1)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+
+
+def verification_shapes(max_seq_len: int) -> list[tuple[int, int]]:
+    """Shapes unlike the export sample (2 x 8): batch 1 and > 1; sequence 1, mid and maximum."""
+    mid = max(2, max_seq_len // 2 + 1)
+    return [(1, 1), (3, mid), (2, max_seq_len), (1, max_seq_len)]
+
+
+# ---------------------------------------------------------------------------- checks of arguments
+def _check_arguments(model, task: Task, output: Path, opset: int, max_seq_len: int) -> None:
+    config = model.config
+    if opset < MIN_OPSET:
+        raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET} "
+                          f"(use --opset {DEFAULT_OPSET})")
+    if not 1 <= max_seq_len <= config.max_position_embeddings:
+        raise ExportError(f"max sequence length {max_seq_len} is outside 1..{config.max_position_embeddings} "
+                          "(the model's max_position_embeddings); lower --max-seq-len")
+    if type(model).__name__ != task.model_class:
+        raise ExportError(f"task {task.name!r} exports a {task.model_class}, got a {type(model).__name__}")
+    if task.is_decoder and not config.is_decoder:
+        raise ExportError("causal-lm needs a config with is_decoder=True (load the model for this task "
+                          "with load_model_for_task, which sets it)")
+    if output.suffix != ".onnx":
+        raise ExportError(f"output {output} should end in .onnx")
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".{output.name}.write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ExportError(f"cannot write to {folder}: {exc.strerror}; choose a writable --output") from None
+
+
+def load_model_for_task(checkpoint: str | Path, task: str | Task, allow_random_head: bool = False,
+                        progress: Progress | None = None) -> MegatronBertPreTrainedModel:
+    """The reference model of `task` from a Hugging Face folder (or a Megatron-LM checkpoint).
+
+    A Megatron-LM source (zip, .pt, or a folder without config.json) is converted into a temporary
+    Hugging Face folder first.
+    """
+    task = get_task(task) if isinstance(task, str) else task
+    path = Path(checkpoint)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    model_class = MODEL_CLASSES[task.model_class]
+    overrides = {"is_decoder": True} if task.is_decoder else {}
+    if path.is_dir() and (path / "config.json").exists():
+        return model_class.from_pretrained(path, allow_random_head=allow_random_head, **overrides)
+    import tempfile
+
+    from .checkpoints import convert_megatron
+
+    with tempfile.TemporaryDirectory(prefix="mbert-convert-") as tmp:
+        hf_folder = convert_megatron(path, Path(tmp) / "hf", progress=progress)
+        return model_class.from_pretrained(hf_folder, allow_random_head=allow_random_head, **overrides)
+
+
+# ---------------------------------------------------------------------------- export
+def _annotate(graph: onnx.ModelProto, model: MegatronBertPreTrainedModel, task: Task, source: str | None) -> None:
+    """metadata_props: everything a runtime needs to serve the graph without the checkpoint."""
+    props = {
+        "mbert_export.task": task.name,
+        "mbert_export.precision": "fp32",
+        "mbert_export.config": model.config.to_json_string(),
+        "mbert_export.id2label": json.dumps({str(k): v for k, v in model.config.id2label.items()}),
+        "mbert_export.real_vocab_size": str(model.config.real_vocab_size),
+        "mbert_export.version": __version__,
+        "mbert_export.torch_version": torch.__version__,
+        "mbert_export.onnx_version": onnx.__version__,
+        "mbert_export.source": source or "",
+    }
+    del graph.metadata_props[:]
+    for key, value in props.items():
+        graph.metadata_props.add(key=key, value=value)
+    graph.producer_name, graph.producer_version = "mbert-export", __version__
+
+
+def _save_graph(graph: onnx.ModelProto, path: Path, weight_bytes: int, threshold: int) -> Path | None:
+    """Save `graph`; above `threshold` weight bytes all tensors go to ONE `<name>.data` file beside it."""
+    if weight_bytes <= threshold:
+        onnx.save_model(graph, path)
+        return None
+    data_name = path.name + ".data"
+    onnx.save_model(graph, path, save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+    return path.with_name(data_name)
+
+
+def _publish(staged: Path, output: Path) -> Path | None:
+    """Rename a checked graph (and its data file) from the staging folder into place, data first."""
+    staged_data = staged.with_name(staged.name + ".data")
+    data = output.with_name(output.name + ".data")
+    if staged_data.exists():
+        os.replace(staged_data, data)
+        os.replace(staged, output)
+        return data
+    os.replace(staged, output)
+    if data.exists():  # left over from an earlier, bigger export
+        data.unlink()
+    return None
+
+
+def staging_dir(parent: Path) -> Path:
+    """A temp folder beside the output, so the final rename stays on one file system."""
+    import tempfile
+
+    return Path(tempfile.mkdtemp(prefix=".mbert-export-", dir=parent))
+
+
+def copy_tokenizer(source: Path | None, folder: Path) -> list[str]:
+    """Copy the tokenizer files of a model folder next to the graph (atomically, file by file)."""
+    copied = []
+    if source is None or not source.is_dir():
+        return copied
+    for name in TOKENIZER_FILES:
+        if (source / name).is_file() and (source / name).resolve() != (folder / name).resolve():
+            with atomic_path(folder / name) as tmp:
+                shutil.copyfile(source / name, tmp)
+            copied.append(name)
+    return copied
+
+
+def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: str | Path, *,
+                opset: int = DEFAULT_OPSET, max_seq_len: int | None = None, verify: bool = True,
+                tokenizer_dir: str | Path | None = None, source: str | None = None,
+                external_data_threshold: int = EXTERNAL_DATA_THRESHOLD,
+                progress: Progress | None = None) -> ExportResult:
+    """Export `model` as the FP32 ONNX graph of `task` at `output` (a .onnx path).
+
+    Exporter: the TorchScript-based `torch.onnx.export(dynamo=False)`. Measured against the dynamo
+    exporter in benchmarks/exporter_choice.py (see docs/exporter.md): see README "Exporter choice".
+    """
+    say = progress or (lambda message: None)
+    task = get_task(task) if isinstance(task, str) else task
+    output = Path(output)
+    max_seq_len = max_seq_len or model.config.max_position_embeddings
+    _check_arguments(model, task, output, opset, max_seq_len)
+    model.eval()
+    start = time.perf_counter()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    say(f"export: tracing {task.model_class} ({weight_bytes / 1e6:.0f} MB of weights), opset {opset}")
+    sample = {k: torch.from_numpy(v) for k, v in sample_inputs(model.config, task, 2, 8).items()}
+    stage = staging_dir(output.parent)
+    try:
+        traced, staged = stage / "traced.onnx", stage / output.name
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of dynamo; chosen by measurement (above).
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(
+                _OnnxSignature(model, task).eval(), (sample["input_ids"], sample["attention_mask"],
+                                                     sample["token_type_ids"]),
+                str(traced), input_names=list(task.inputs), output_names=list(task.output_names),
+                dynamic_axes=task.dynamic_axes(), opset_version=opset, do_constant_folding=True,
+                dynamo=False)
+        say(f"export: traced in {time.perf_counter() - start:.1f} s; checking the graph")
+        graph = onnx.load(traced)
+        # Constant folding and dead-node removal (237 -> 127 nodes on the MLM graph); the
+        # verification below proves the outputs unchanged.
+        graph = onnxslim.slim(graph)
+        _annotate(graph, model, task, source)
+        _save_graph(graph, staged, weight_bytes, external_data_threshold)
+        del graph
+        onnx.checker.check_model(str(staged), full_check=True)
+        problems = check_graph(staged)
+        if problems:
+            raise ExportError(f"the exported graph is not TensorRT-ready:\n  " + "\n  ".join(problems))
+        max_abs_diff = {}
+        if verify:
+            say("export: verifying against the reference on ONNX Runtime")
+            max_abs_diff = verify_against_reference(model, task, staged, max_seq_len)
+        external = _publish(staged, output)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else None, output.parent)
+    result = ExportResult(output, task.name, opset, external, time.perf_counter() - start, max_abs_diff)
+    say(f"export: {result.summary()}")
+    return result
+
+
+# ---------------------------------------------------------------------------- verification
+def reference_outputs(model: MegatronBertPreTrainedModel, task: Task,
+                      feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    with torch.no_grad():
+        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+    return {name: out[name].float().numpy() for name in task.output_names}
+
+
+def verify_against_reference(model: MegatronBertPreTrainedModel, task: Task, path: Path,
+                             max_seq_len: int, tolerance: float = VERIFY_TOLERANCE) -> dict[str, float]:
+    """Run the graph on ONNX Runtime CPU and the reference on the same inputs; fail above `tolerance`."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst: dict[str, float] = {name: 0.0 for name in task.output_names}
+    for seed, (batch, seq) in enumerate(verification_shapes(max_seq_len)):
+        feeds = sample_inputs(model.config, task, batch, seq, seed=seed + 1)
+        expected = reference_outputs(model, task, feeds)
+        got = dict(zip(task.output_names, session.run(list(task.output_names), feeds)))
+        for name in task.output_names:
+            diff = float(np.abs(got[name] - expected[name]).max())
+            worst[name] = max(worst[name], diff)
+            if not diff <= tolerance:
+                raise ExportError(f"{path}: output {name!r} differs from the reference by {diff:.2e} "
+                                  f"(> {tolerance:.0e}) at batch {batch}, sequence {seq}")
+    return worst

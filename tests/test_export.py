@@ -1,0 +1,192 @@
+"""ONNX export of every task: dynamic axes, opset, parity with transformers, readiness check, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import helper as onnx_helper
+
+from helpers import random_inputs, tiny_config, twin_pair
+from mbert_export import modeling
+from mbert_export.check import check_graph, check_model
+from mbert_export.cli import main as cli_main
+from mbert_export.export import ExportError, export_onnx, load_model_for_task
+from mbert_export.tasks import TASKS
+
+ort = pytest.importorskip("onnxruntime")
+
+#: Shapes unlike the export sample (2 x 8): (batch, sequence).
+PARITY_SHAPES = [(1, 1), (3, 29), (2, 64)]
+
+
+@pytest.mark.parametrize("task_name", list(TASKS))
+def test_every_task_matches_transformers_on_onnx_runtime(task_name, tmp_path):
+    task = TASKS[task_name]
+    config, ours, hf_model = twin_pair(task.model_class, is_decoder=task.is_decoder)
+    if task.is_decoder:
+        hf_model.config.use_cache = False
+    path = tmp_path / "model.onnx"
+    result = export_onnx(ours, task_name, path)
+    assert max(result.max_abs_diff.values()) <= 1e-4
+
+    graph = onnx.load(path)
+    assert next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert [o.name for o in graph.graph.output] == list(task.output_names)
+    for graph_input in graph.graph.input:
+        dims = [d.dim_param for d in graph_input.type.tensor_type.shape.dim]
+        assert dims == [task.input_axes[i] for i in range(len(dims))]
+    metadata = {p.key: p.value for p in graph.metadata_props}
+    assert metadata["mbert_export.task"] == task_name
+    assert "LayerNormalization" in {n.op_type for n in graph.graph.node}
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    num_choices = 3 if task_name == "multiple-choice" else None
+    for seed, (batch, seq) in enumerate(PARITY_SHAPES):
+        inputs = random_inputs(config, batch, seq, seed=seed, num_choices=num_choices)
+        with torch.no_grad():
+            expected = hf_model(**inputs, return_dict=True)
+        got = session.run(None, {k: v.numpy() for k, v in inputs.items()})
+        for name, value in zip(task.output_names, got):
+            diff = np.abs(value - expected[name].numpy()).max()
+            assert diff <= 1e-4, f"{task_name}.{name} at {batch}x{seq}: {diff:.2e}"
+
+
+def test_external_data_when_over_the_threshold(tmp_path, tiny):
+    model = modeling.MegatronBertForMaskedLM(tiny).eval()
+    path = tmp_path / "big" / "model.onnx"
+    result = export_onnx(model, "mlm", path, external_data_threshold=0)
+    assert result.external_data == path.with_name("model.onnx.data")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert path.stat().st_size < 100_000 < result.external_data.stat().st_size
+    inputs = random_inputs(tiny, 2, 20)
+    got = ort.InferenceSession(str(path)).run(["logits"], {k: v.numpy() for k, v in inputs.items()})[0]
+    with torch.no_grad():
+        assert np.abs(got - model(**inputs)["logits"].numpy()).max() <= 1e-4
+
+
+def test_tokenizer_files_travel_with_the_graph(tmp_path, tiny):
+    source = tmp_path / "model"
+    modeling.MegatronBertForMaskedLM(tiny).save_pretrained(source)
+    (source / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a"]) + "\n")
+    out = tmp_path / "onnx" / "model.onnx"
+    assert cli_main(["export", "--task", "mlm", "--checkpoint", str(source), "--output", str(out)]) == 0
+    assert (out.parent / "vocab.txt").read_text() == (source / "vocab.txt").read_text()
+
+
+# ---------------------------------------------------------------------------- readiness check
+def _tiny_graph(tmp_path, tiny):
+    path = tmp_path / "model.onnx"
+    export_onnx(modeling.MegatronBertForSequenceClassification(tiny).eval(), "sequence-classification",
+                path, verify=False)
+    return path
+
+
+def test_check_passes_an_exported_graph_and_fails_a_planted_unsupported_op(tmp_path, tiny, capsys):
+    path = _tiny_graph(tmp_path, tiny)
+    assert check_graph(path) == []
+    graph = onnx.load(path)
+    last = graph.graph.output[0].name
+    graph.graph.node.append(onnx_helper.make_node("Bernoulli", [last], ["sampled"], name="planted_bernoulli"))
+    graph.graph.node.append(onnx_helper.make_node("MyOp", [last], ["custom"], name="planted_custom",
+                                                   domain="com.example"))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(graph, bad)
+    problems = check_graph(bad)
+    assert any("planted_bernoulli" in p and "Bernoulli" in p for p in problems)
+    assert any("planted_custom" in p for p in problems)
+    assert cli_main(["check", str(bad)]) == 1
+    assert "planted_bernoulli" in capsys.readouterr().out
+    assert cli_main(["check", str(path)]) == 0
+
+
+def test_check_flags_float64_inf_and_fp16_overflowing_constants(tmp_path, tiny):
+    graph = onnx.load(_tiny_graph(tmp_path, tiny))
+    nodes = graph.graph.node
+    nodes.append(onnx_helper.make_node("Constant", [], ["neg_inf"], name="mask_inf",
+                                       value=onnx_helper.make_tensor("v", onnx.TensorProto.FLOAT, [], [-np.inf])))
+    nodes.append(onnx_helper.make_node("Constant", [], ["fmin"], name="mask_finfo_min", value=onnx_helper.make_tensor(
+        "w", onnx.TensorProto.FLOAT, [], [float(np.finfo(np.float32).min)])))
+    nodes.append(onnx_helper.make_node("Cast", ["fmin"], ["as_double"], name="to_double", to=onnx.TensorProto.DOUBLE))
+    problems = check_model(graph)
+    assert any("mask_inf" in p and "inf" in p for p in problems)
+    assert any("mask_finfo_min" in p and "FP16" in p for p in problems)
+    assert any("to_double" in p and "float64" in p for p in problems)
+
+
+def test_check_flags_a_static_axis(tmp_path, tiny):
+    graph = onnx.load(_tiny_graph(tmp_path, tiny))
+    graph.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 128
+    assert any("'input_ids' axis 1" in p and "sequence" in p for p in check_model(graph))
+
+
+# ---------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("kwargs, message", [
+    ({"opset": 16}, "opset 16 is too old"),
+    ({"max_seq_len": 65}, "outside 1..64"),
+])
+def test_bad_export_arguments_write_nothing(tmp_path, tiny, kwargs, message):
+    model = modeling.MegatronBertForMaskedLM(tiny).eval()
+    with pytest.raises(ExportError, match=message):
+        export_onnx(model, "mlm", tmp_path / "model.onnx", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_task_and_wrong_model_class(tmp_path, tiny):
+    model = modeling.MegatronBertForMaskedLM(tiny).eval()
+    with pytest.raises(ValueError, match="unknown task 'fill-mask'; choose one of: base, mlm"):
+        export_onnx(model, "fill-mask", tmp_path / "model.onnx")
+    with pytest.raises(ExportError, match="exports a MegatronBertForQuestionAnswering"):
+        export_onnx(model, "question-answering", tmp_path / "model.onnx")
+
+
+def test_unwritable_output_folder(tmp_path, tiny):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ExportError, match="cannot write to"):
+        export_onnx(modeling.MegatronBertForMaskedLM(tiny).eval(), "mlm", blocker / "model.onnx")
+
+
+def test_failed_verification_leaves_no_file(tmp_path, tiny, monkeypatch):
+    """A graph that fails verification is never published (here: a zero tolerance trips on rounding)."""
+    import mbert_export.export as export_module
+
+    real_verify = export_module.verify_against_reference
+    monkeypatch.setattr(export_module, "verify_against_reference",
+                        lambda *args, **kwargs: real_verify(*args, tolerance=0.0))
+    model = modeling.MegatronBertForMaskedLM(tiny).eval()
+    with torch.no_grad():  # large logits make FP32 rounding differences certain
+        model.cls.predictions.decoder.bias.add_(1000.0)
+    with pytest.raises(ExportError, match="differs from the reference"):
+        export_onnx(model, "mlm", tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny, capsys):
+    not_a_checkpoint = tmp_path / "notes.txt"
+    not_a_checkpoint.write_text("hello")
+    code = cli_main(["export", "--task", "mlm", "--checkpoint", str(not_a_checkpoint),
+                     "--output", str(tmp_path / "out" / "model.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines()[-1].startswith("error: ") and "Traceback" not in err
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+    folder = tmp_path / "pretraining"
+    modeling.MegatronBertForPreTraining(tiny).save_pretrained(folder)
+    code = cli_main(["export", "--task", "sequence-classification", "--checkpoint", str(folder),
+                     "--output", str(tmp_path / "cls" / "model.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--allow-random-head" in err
+    code = cli_main(["export", "--task", "sequence-classification", "--checkpoint", str(folder),
+                     "--output", str(tmp_path / "cls" / "model.onnx"), "--allow-random-head"])
+    assert code == 0
+
+
+def test_causal_lm_is_loaded_as_a_decoder(tmp_path, tiny):
+    folder = tmp_path / "mlm"
+    modeling.MegatronBertForMaskedLM(tiny).save_pretrained(folder)
+    model = load_model_for_task(folder, "causal-lm")
+    assert model.config.is_decoder
+    export_onnx(model, "causal-lm", tmp_path / "causal.onnx")
