@@ -15,6 +15,7 @@ EPILOG = """examples:
   mbert-export convert checkpoints/iter_dir hf/my-bert
   mbert-export export --task mlm --checkpoint hf/bert-345m-cased --output onnx/mlm/model.onnx
   mbert-export check onnx/mlm/model.onnx
+  mbert-export build --task mlm --fp16            (= python scripts/build_engine.py --task mlm --fp16)
 
 run `mbert-export SUBCOMMAND --help` for the options of each step."""
 
@@ -116,8 +117,67 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+# ---------------------------------------------------------------------------- build
+def add_build_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of `mbert-export build`, shared with scripts/build_engine.py."""
+    from .tasks import TASKS
+
+    p.add_argument("--task", required=True, choices=list(TASKS), metavar="TASK",
+                   help=f"one of: {', '.join(TASKS)}")
+    precision = p.add_mutually_exclusive_group()
+    for name in ("fp32", "fp16", "int8"):
+        precision.add_argument(f"--{name}", dest="precision", action="store_const", const=name,
+                               help=f"build the {name.upper()} graph/engine")
+    p.add_argument("--precision", dest="precision", help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help="Hugging Face folder or Megatron-LM checkpoint (default: the demo model "
+                                        "in models/megatron-bert-demo)")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"],
+                   help="auto: TensorRT when it imports and sees a GPU, else ONNX Runtime")
+    p.add_argument("--output-dir", help="artifact folder (default: engines/TASK-PRECISION)")
+    p.add_argument("--batch", action="append", default=[], metavar="MIN,OPT,MAX",
+                   help="batch sizes of a profile (default 1,8,32); repeat for several profiles")
+    p.add_argument("--seq", action="append", default=[], metavar="MIN,OPT,MAX",
+                   help="sequence lengths of a profile (default 1,128,max positions); repeat for several")
+    p.add_argument("--choices", metavar="MIN,OPT,MAX", help="num_choices range for multiple-choice (default 2,4,8)")
+    p.add_argument("--calibration", help="INT8: a text file (one passage per line) to calibrate on "
+                                         "(default: the bundled corpus in calibration/)")
+    p.add_argument("--calibration-method", default="max", choices=["max", "entropy", "percentile"],
+                   help="INT8 calibration method (default: max)")
+    p.add_argument("--keep-float", action="append", default=None, metavar="NODE",
+                   help="INT8: MatMul node to keep in float (repeatable); default: the measured recipe")
+    p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5")
+    p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT workspace limit in GiB")
+    p.add_argument("--force", action="store_true", help="replace an output folder that holds another build")
+
+
+def add_build(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "build", help="build a verified FP32/FP16/INT8 artifact (ONNX graph + TensorRT engine)",
+        description="Export the task's FP32 graph, turn it into the FP16 or INT8 (Q/DQ) graph, measure "
+                    "its accuracy against the FP32 graph on ONNX Runtime, and build a strongly typed "
+                    "TensorRT engine from it when TensorRT and a GPU are present. Same as "
+                    "scripts/build_engine.py.")
+    add_build_arguments(p)
+    p.set_defaults(run=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from .build import build_artifact
+
+    if not args.precision:
+        raise ValueError("choose a precision: --fp32, --fp16 or --int8")
+    result = build_artifact(
+        args.task, args.precision, checkpoint=args.checkpoint, output_dir=args.output_dir,
+        backend=args.backend, batch=args.batch, seq=args.seq, choices=args.choices,
+        calibration=args.calibration, calibration_method=args.calibration_method,
+        keep_float=args.keep_float, force=args.force, optimization_level=args.opt_level,
+        workspace_gb=args.workspace_gb, progress=progress)
+    print(result.summary())
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_export, add_check]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_export, add_check, add_build]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,8 +198,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
                                          PermissionError, ValueError]
     try:
         from .checkpoints import CheckpointError
+        from .build import BuildError
         from .export import ExportError
-        errors += [CheckpointError, ExportError]
+        from .precision import PrecisionError
+        errors += [CheckpointError, ExportError, BuildError, PrecisionError]
     except ImportError:  # torch missing: only torch-free subcommands work
         pass
     return tuple(errors)

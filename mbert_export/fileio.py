@@ -63,3 +63,26 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
             os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def staging_dir(parent: Path) -> Path:
+    """A temp folder beside an output, so the final rename stays on one file system."""
+    parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".mbert-export-", dir=parent))
+
+
+def publish_onnx(staged: Path, output: Path) -> Path | None:
+    """Rename a checked graph (and its `<name>.data` file) from a staging folder into place, data first.
+
+    Returns the external-data path when there is one.
+    """
+    staged_data = staged.with_name(staged.name + ".data")
+    data = output.with_name(output.name + ".data")
+    if staged_data.exists():
+        os.replace(staged_data, data)
+        os.replace(staged, output)
+        return data
+    os.replace(staged, output)
+    if data.exists():  # left over from an earlier, bigger graph
+        data.unlink()
+    return None

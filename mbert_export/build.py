@@ -1,0 +1,389 @@
+"""Build an artifact folder: FP32 export -> precision graph -> TensorRT engine (or ONNX Runtime) + sidecar.
+
+`build_artifact(...)` is what `scripts/build_engine.py` and `mbert-export build` run. The folder it
+writes holds `model.onnx` (the precision graph: the same file for both backends), `engine.plan` when
+TensorRT built it, `build.json` (task, precision, profiles, versions, GPU, ONNX sha256, accuracy),
+and the tokenizer files. It is staged beside its target and renamed into place only when complete.
+
+The TensorRT part (`build_engine`) is deliberately thin and uses only APIs that exist in both
+TensorRT 10.x and 11.x: a strongly typed network (precision comes from the graph's casts and Q/DQ;
+TensorRT 11 has no FP16/INT8 builder flags), `OnnxParser.parse_from_file` (external data),
+optimization profiles, the builder optimization level, a workspace limit and a timing cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .tasks import BATCH, NUM_CHOICES, SEQUENCE, Task, get_task
+
+Progress = Callable[[str], None]
+ENGINE_NAME, GRAPH_NAME, SIDECAR_NAME = "engine.plan", "model.onnx", "build.json"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_ENGINES_DIR = REPO_ROOT / "engines"
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "megatron-bert-demo"
+BACKENDS = ("auto", "tensorrt", "onnxruntime")
+#: Modules kept in float in INT8 builds unless --keep-float says otherwise (measured: README
+#: "Precision recipes").
+DEFAULT_INT8_KEEP_FLOAT: tuple[str, ...] = ()
+
+
+class BuildError(ValueError):
+    """Bad build arguments or a build that cannot proceed; the message says what to do."""
+
+
+# ---------------------------------------------------------------------------- profiles
+@dataclass(frozen=True)
+class Profile:
+    """One TensorRT optimization profile: (min, opt, max) per dynamic axis."""
+
+    batch: tuple[int, int, int] = (1, 8, 32)
+    sequence: tuple[int, int, int] = (1, 128, 512)
+    num_choices: tuple[int, int, int] = (2, 4, 8)
+
+    def shapes(self, task: Task) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """Input name -> (min shape, opt shape, max shape) for `task`."""
+        axes = {BATCH: self.batch, SEQUENCE: self.sequence, NUM_CHOICES: self.num_choices}
+        order = [task.input_axes[i] for i in range(len(task.input_axes))]
+        triple = tuple(tuple(axes[name][k] for name in order) for k in range(3))
+        return {name: triple for name in task.inputs}  # type: ignore[misc]
+
+
+def parse_triple(text: str, what: str) -> tuple[int, int, int]:
+    """'MIN,OPT,MAX' -> a validated (min, opt, max)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise BuildError(f"--{what} {text!r}: expected three integers MIN,OPT,MAX (e.g. 1,8,32)") from None
+    if len(values) != 3:
+        raise BuildError(f"--{what} {text!r}: expected exactly three values MIN,OPT,MAX")
+    low, opt, high = values
+    if not 1 <= low <= opt <= high:
+        raise BuildError(f"--{what} {text!r}: need 1 <= min <= opt <= max")
+    return values  # type: ignore[return-value]
+
+
+def make_profiles(batches: Sequence[str], sequences: Sequence[str], max_positions: int,
+                  choices: str | None = None) -> list[Profile]:
+    """Every (--batch, --seq) combination becomes one profile; sequences may not exceed the model."""
+    batch_triples = [parse_triple(b, "batch") for b in batches] or [Profile.batch]
+    seq_triples = [parse_triple(s, "seq") for s in sequences] or [
+        (1, min(128, max_positions), max_positions)]
+    for seq in seq_triples:
+        if seq[2] > max_positions:
+            raise BuildError(f"--seq max {seq[2]} exceeds the model's max_position_embeddings "
+                             f"({max_positions}); lower it")
+    choice_triple = parse_triple(choices, "choices") if choices else Profile.num_choices
+    return [Profile(b, s, choice_triple) for b in batch_triples for s in seq_triples]
+
+
+# ---------------------------------------------------------------------------- TensorRT
+def tensorrt_status() -> tuple[bool, str]:
+    """(usable, reason): TensorRT imports and a CUDA device is visible."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return False, "the tensorrt Python package is not installed (pip install '.[gpu]')"
+    try:
+        gpu_name, capability = gpu_identity()
+    except Exception as exc:  # no driver, no device, no cuda-python
+        return False, f"no usable CUDA device ({type(exc).__name__}: {exc})"
+    return True, f"TensorRT {tensorrt_version()} on {gpu_name} (sm {capability})"
+
+
+def tensorrt_version() -> str:
+    """Version of the installed TensorRT wheel (the bindings module carries no __version__ in 11.x)."""
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def gpu_identity() -> tuple[str, str]:
+    """(GPU name, compute capability 'major.minor') of device 0, via cuda-python."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        from cuda import cudart  # cuda-python < 12.8
+    err, props = cudart.cudaGetDeviceProperties(0)
+    if int(err) != 0:
+        raise RuntimeError(f"cudaGetDeviceProperties failed with error {int(err)}")
+    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
+    return name.strip("\x00"), f"{props.major}.{props.minor}"
+
+
+def build_engine(onnx_path: Path, engine_path: Path, task: Task, profiles: Sequence[Profile], *,
+                 optimization_level: int = 3, workspace_bytes: int = 4 << 30,
+                 timing_cache: Path | None = None, progress: Progress | None = None) -> None:
+    """Parse `onnx_path` into a strongly typed network and serialize an engine to `engine_path`."""
+    import tensorrt as trt
+
+    say = progress or (lambda message: None)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # Strongly typed: FP16/INT8 come from the graph. TensorRT 11 has only such networks; on 10.x
+    # the flag must be set explicitly.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    say(f"tensorrt: parsing {onnx_path}")
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "\n  ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT could not parse {onnx_path}:\n  {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    config.builder_optimization_level = optimization_level
+    cache_bytes = timing_cache.read_bytes() if timing_cache and timing_cache.exists() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, False)
+    for profile in profiles:
+        trt_profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in profile.shapes(task).items():
+            trt_profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(trt_profile)
+    say(f"tensorrt: building ({len(profiles)} profile(s), optimization level {optimization_level}); "
+        "this takes minutes")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise BuildError("TensorRT failed to build the engine; rerun with a TensorRT logger at VERBOSE "
+                         "or check the workspace limit (--workspace-gb)")
+    from .fileio import atomic_write_bytes
+
+    atomic_write_bytes(engine_path, bytes(serialized))
+    if timing_cache is not None:
+        atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+
+
+# ---------------------------------------------------------------------------- data for INT8 and accuracy
+def load_tokenizer_if_any(folder: Path):
+    """The checkpoint's tokenizer, or None for a weights-only folder (random inputs are used then)."""
+    from .tokenization import Tokenizer
+
+    if any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
+        return Tokenizer.from_pretrained(folder)
+    return None
+
+
+def calibration_data(tokenizer, calibration: str | Path | None, profiles: Sequence[Profile], task: Task,
+                     config, say: Progress) -> tuple[list[dict], dict]:
+    """INT8 calibration batches: the user's text file, else the bundled corpus (and say so)."""
+    from . import calibration as corpus
+    from .export import sample_inputs
+
+    max_seq = max(p.sequence[2] for p in profiles)
+    lengths = sorted({min(n, max_seq) for n in (32, 64, 128, 256, max_seq)})
+    if tokenizer is None or NUM_CHOICES in task.input_axes.values():
+        say("int8: no tokenizer (or a multiple-choice graph): calibrating on random token ids")
+        batches = [sample_inputs(config, task, 4, n, seed=i) for i, n in enumerate(lengths * 4)]
+        return batches, {"source": "random token ids", "batches": len(batches)}
+    if calibration is None:
+        say(f"int8: no --calibration given; using the bundled corpus ({corpus.corpus_path('train')})")
+        passages, source = None, "bundled corpus (calibration/corpus/train.txt)"
+    else:
+        passages, source = corpus.load_text_file(calibration), str(calibration)
+    batches = corpus.calibration_batches(tokenizer, passages=passages, seq_lengths=lengths, num_samples=128,
+                                         batch_size=8, on_unk="warn")
+    return batches, {"source": source, "batches": len(batches), "seq_lengths": lengths}
+
+
+def evaluation_sets(tokenizer, profiles: Sequence[Profile], task: Task, config) -> dict[str, list[dict]]:
+    """Inputs the precision graph is checked on: held-out masked text, and every profile shape."""
+    from . import calibration as corpus
+    from .export import sample_inputs
+
+    sets: dict[str, list[dict]] = {}
+    text_ok = tokenizer is not None and NUM_CHOICES not in task.input_axes.values()
+    if text_ok and task.vocab_output:
+        sets["held-out masked text"] = corpus.masked_lm_examples(
+            tokenizer, num_samples=256, seq_len=min(128, max(p.sequence[2] for p in profiles)),
+            real_vocab_size=config.real_vocab_size)
+    for profile in profiles:
+        for point in range(3):
+            batch, seq = profile.batch[point], profile.sequence[point]
+            name = f"batch {batch} x seq {seq}"
+            if text_ok and seq >= 2:
+                sets[name] = corpus.calibration_batches(tokenizer, split="heldout", seq_lengths=(seq,),
+                                                        num_samples=batch, batch_size=batch, seed=point,
+                                                        use_cache=False, on_unk="warn")
+            else:
+                sets[name] = [sample_inputs(config, task, batch, seq, seed=point)]
+    return sets
+
+
+def evaluate_precision(reference: Path, candidate: Path, precision: str, sets: dict[str, list[dict]],
+                       real_vocab_size: int, say: Progress) -> tuple[dict, list[str]]:
+    """compare_graphs on every evaluation set; returns the reports and the bars they miss."""
+    from .precision import accuracy_problems, compare_graphs
+
+    reports, problems = {}, []
+    for name, batches in sets.items():
+        report = compare_graphs(reference, candidate, batches, real_vocab_size=real_vocab_size)
+        reports[name] = report
+        for output, entry in report.items():
+            line = f"  {name:>24} {output}: max |diff| {entry['max_abs_diff']:.3g}"
+            if "top1_agreement" in entry:
+                line += f", top-1 agreement {entry['top1_agreement']:.4%}"
+            if "mlm_accuracy" in entry:
+                line += f", MLM accuracy {entry['mlm_accuracy']:.2%} (fp32 {entry['reference_mlm_accuracy']:.2%})"
+            say(line)
+        problems += [f"{name}: {p}" for p in accuracy_problems(report, precision)]
+    return reports, problems
+
+
+# ---------------------------------------------------------------------------- the whole build
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def choose_backend(requested: str, say: Progress) -> str:
+    """'auto' -> TensorRT when it imports and sees a GPU, else ONNX Runtime (saying which and why)."""
+    if requested not in BACKENDS:
+        raise BuildError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+    usable, reason = tensorrt_status()
+    if requested == "tensorrt" and not usable:
+        raise BuildError(f"--backend tensorrt needs TensorRT and an NVIDIA GPU: {reason}. "
+                         "Use --backend onnxruntime (or auto) on this machine.")
+    backend = requested if requested != "auto" else ("tensorrt" if usable else "onnxruntime")
+    say(f"build: backend {backend} ({reason})")
+    return backend
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for module in ("torch", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            versions[module] = __import__(module).__version__
+        except ImportError:
+            pass
+    from . import __version__
+
+    versions["tensorrt"] = tensorrt_version()
+    versions["mbert_export"] = __version__
+    return versions
+
+
+@dataclass
+class BuildResult:
+    folder: Path
+    sidecar: dict
+
+    def summary(self) -> str:
+        """One paragraph: what was built and how close it is to the reference."""
+        s = self.sidecar
+        lines = [f"{self.folder}: task {s['task']}, {s['precision']}, backend {s['backend']}, "
+                 f"{s['build_seconds']} s",
+                 f"  FP32 graph vs PyTorch reference: max |diff| {s['export_max_abs_diff']:.2e}"]
+        entries = [(name, out, e) for name, rep in s.get("accuracy", {}).items() for out, e in rep.items()]
+        if entries:
+            worst = max(e["max_abs_diff"] for _, _, e in entries)
+            lines.append(f"  {s['precision']} graph vs FP32 graph: max |diff| {worst:.3g}")
+            agreements = [e["top1_agreement"] for _, _, e in entries if "top1_agreement" in e]
+            if agreements:
+                lines.append(f"  top-1 agreement: worst {min(agreements):.4%} over {len(entries)} checks")
+            for name, _, e in entries:
+                if "mlm_accuracy" in e:
+                    lines.append(f"  {name}: MLM accuracy {e['mlm_accuracy']:.2%} "
+                                 f"(FP32 {e['reference_mlm_accuracy']:.2%})")
+        if s.get("kept_float"):
+            lines.append(f"  kept in float: {', '.join(s['kept_float'])}")
+        return "\n".join(lines)
+
+
+def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | None = None,
+                   output_dir: str | Path | None = None, backend: str = "auto",
+                   batch: Sequence[str] = (), seq: Sequence[str] = (), choices: str | None = None,
+                   calibration: str | Path | None = None, calibration_method: str = "max",
+                   keep_float: Sequence[str] | None = None, force: bool = False,
+                   optimization_level: int = 3, workspace_gb: float = 4.0,
+                   progress: Progress | None = None) -> BuildResult:
+    """Checkpoint -> verified artifact folder for `task_name` at `precision` (see module docstring)."""
+    import shutil
+
+    from .export import copy_tokenizer, export_onnx, load_model_for_task
+    from .fileio import atomic_dir
+    from .precision import check_precision, convert_fp16, quantize_int8
+
+    say = progress or (lambda message: None)
+    task = get_task(task_name)
+    precision = check_precision(precision)
+    checkpoint = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    output_dir = Path(output_dir) if output_dir else DEFAULT_ENGINES_DIR / f"{task.name}-{precision}"
+    if output_dir.exists() and any(output_dir.iterdir()) and not force:
+        raise BuildError(f"{output_dir} already holds a build; pass --force to replace it or choose "
+                         "another --output-dir")
+    backend = choose_backend(backend, say)
+    model = load_model_for_task(checkpoint, task, progress=say)
+    config = model.config
+    tokenizer = load_tokenizer_if_any(checkpoint) if checkpoint.is_dir() else None
+    profiles = make_profiles(batch, seq, config.max_position_embeddings, choices)
+    max_seq = max(p.sequence[2] for p in profiles)
+    start = time.perf_counter()
+    with atomic_dir(output_dir, overwrite=force) as stage:
+        fp32_path = stage / "fp32" / GRAPH_NAME
+        exported = export_onnx(model, task, fp32_path, max_seq_len=max_seq, tokenizer_dir=checkpoint,
+                               source=str(checkpoint), progress=say)
+        graph = stage / GRAPH_NAME
+        calibration_info: dict = {}
+        if precision == "fp32":
+            shutil.move(str(fp32_path), graph)
+            if fp32_path.with_name(GRAPH_NAME + ".data").exists():
+                shutil.move(str(fp32_path.with_name(GRAPH_NAME + ".data")), stage / (GRAPH_NAME + ".data"))
+            kept: list[str] = []
+        elif precision == "fp16":
+            kept = convert_fp16(fp32_path, graph, progress=say).kept_float
+        else:
+            batches, calibration_info = calibration_data(tokenizer, calibration, profiles, task, config, say)
+            keep = DEFAULT_INT8_KEEP_FLOAT if keep_float is None else keep_float
+            kept = quantize_int8(fp32_path, graph, batches, method=calibration_method, keep_float=keep,
+                                 progress=say).kept_float
+            if kept:
+                say(f"int8: kept in float: {', '.join(kept)}")
+        accuracy: dict = {}
+        if precision != "fp32":
+            say(f"build: checking the {precision} graph against the FP32 graph on ONNX Runtime")
+            sets = evaluation_sets(tokenizer, profiles, task, config)
+            accuracy, problems = evaluate_precision(fp32_path, graph, precision, sets, config.real_vocab_size, say)
+            if problems:
+                hint = ("Try --calibration-method entropy or percentile, or --keep-float MODULE for the "
+                        "layers that lose most." if precision == "int8" else
+                        "Random or untrained weights give near-tied logits that no reduced precision keeps.")
+                raise BuildError(f"the {precision} graph misses its accuracy bar (nothing was written):\n  "
+                                 + "\n  ".join(problems) + "\n" + hint)
+        copy_tokenizer(checkpoint, stage)
+        shutil.rmtree(stage / "fp32", ignore_errors=True)
+        sidecar = {
+            "task": task.name, "precision": precision, "backend": backend,
+            "profiles": [asdict(p) for p in profiles],
+            "onnx": GRAPH_NAME, "onnx_sha256": sha256(graph),
+            "export_max_abs_diff": max(exported.max_abs_diff.values()),
+            "source_checkpoint": str(checkpoint), "kept_float": kept,
+            "calibration": calibration_info, "accuracy": accuracy,
+            "versions": library_versions(),
+            "tokenizer_files": sorted(p.name for p in stage.iterdir()
+                                      if p.name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                                                    "special_tokens_map.json")),
+        }
+        if backend == "tensorrt":
+            gpu_name, capability = gpu_identity()
+            DEFAULT_ENGINES_DIR.mkdir(parents=True, exist_ok=True)
+            build_engine(graph, stage / ENGINE_NAME, task, profiles, optimization_level=optimization_level,
+                         workspace_bytes=int(workspace_gb * (1 << 30)),
+                         timing_cache=DEFAULT_ENGINES_DIR / f"timing-{capability}.cache", progress=say)
+            sidecar.update(engine=ENGINE_NAME, tensorrt_version=tensorrt_version(), gpu_name=gpu_name,
+                           compute_capability=capability)
+        sidecar["build_seconds"] = round(time.perf_counter() - start, 1)
+        (stage / SIDECAR_NAME).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    return BuildResult(output_dir, sidecar)

@@ -1,0 +1,343 @@
+"""Precision passes on the FP32 graph: FP16 casts and INT8 Q/DQ, the form TensorRT 10/11 builds.
+
+TensorRT 11 has no FP16/INT8 builder flags and no calibrators; every network is strongly typed, so
+the precision must already be in the ONNX graph. These passes write exactly the graphs TensorRT
+builds, and ONNX Runtime runs the same files on CPU, so their accuracy is proven before a GPU sees them.
+
+- FP16: ONNX Runtime's transformer float16 converter (`onnxruntime.transformers.float16`), inputs
+  and outputs kept in their types (int64 ids in, FP32 logits out). The onnxconverter-common converter
+  it derives from fails on dynamo-exported graphs (Cast nodes keep `to=FLOAT`); ModelOpt AutoCast
+  does the same job but pins onnxruntime-gpu and an older onnx, which break the CPU install.
+- INT8: ONNX Runtime's `quantize_static` in QDQ format with TensorRT's rules: symmetric int8
+  (zero point 0), per-channel weights, per-tensor activations, calibration by max, entropy or
+  percentile. Nodes that hurt accuracy can be kept in float (`keep_float_nodes`); they are reported.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+
+from .fileio import publish_onnx, staging_dir
+
+Progress = Callable[[str], None]
+PRECISIONS = ("fp32", "fp16", "int8")
+CALIBRATION_METHODS = ("max", "entropy", "percentile")
+#: Above this many weight bytes, graphs are saved with one external-data file (protobuf limit).
+EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
+
+
+class PrecisionError(ValueError):
+    """A precision pass that cannot run as asked; the message says what to do."""
+
+
+@dataclass
+class PrecisionResult:
+    """What a precision pass wrote, what it kept in float, and how long it took."""
+
+    path: Path
+    precision: str
+    seconds: float
+    kept_float: list[str] = field(default_factory=list)
+    details: dict = field(default_factory=dict)
+
+
+def check_precision(name: str) -> str:
+    if name not in PRECISIONS:
+        raise PrecisionError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def _weight_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for init in model.graph.initializer:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(init.data_type)
+        total += int(np.prod(init.dims)) * np.dtype(dtype).itemsize
+    return total
+
+
+def _set_metadata(model: onnx.ModelProto, **updates: str) -> None:
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({f"mbert_export.{k}": v for k, v in updates.items()})
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def _save(model: onnx.ModelProto, output: Path) -> None:
+    """Stage beside `output`, then rename into place (with one external-data file when large)."""
+    stage = staging_dir(output.parent)
+    try:
+        staged = stage / output.name
+        if _weight_bytes(model) > EXTERNAL_DATA_THRESHOLD:
+            onnx.save_model(model, staged, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=staged.name + ".data", size_threshold=1024)
+        else:
+            onnx.save_model(model, staged)
+        publish_onnx(staged, output)
+    finally:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- FP16
+#: Ops kept in FP32 by default: none. Measured on the demo model (README "Precision recipes"): with
+#: opset-17 LayerNormalization and the bounded -1e4 attention mask nothing in this graph overflows
+#: FP16, and TensorRT keeps LayerNormalization's accumulation in FP32 by itself.
+DEFAULT_FP32_OPS: tuple[str, ...] = ()
+
+
+def convert_fp16(src: str | Path, output: str | Path, *, keep_fp32_ops: Iterable[str] = DEFAULT_FP32_OPS,
+                 progress: Progress | None = None) -> PrecisionResult:
+    """FP32 graph -> FP16 graph (int64 inputs and FP32 outputs unchanged)."""
+    from onnxruntime.transformers import float16
+
+    say = progress or (lambda message: None)
+    start = time.perf_counter()
+    keep = sorted(set(keep_fp32_ops))
+    say(f"fp16: converting {src}" + (f" (keeping {', '.join(keep)} in FP32)" if keep else ""))
+    model = onnx.load(str(src))
+    model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=keep or [],
+                                             disable_shape_infer=_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD)
+    _set_metadata(model, precision="fp16", fp32_ops=json.dumps(keep))
+    output = Path(output)
+    _save(model, output)
+    return PrecisionResult(output, "fp16", time.perf_counter() - start, kept_float=keep)
+
+
+# ---------------------------------------------------------------------------- INT8
+class _Batches:
+    """ONNX Runtime CalibrationDataReader over a list of feed dicts (with progress)."""
+
+    def __init__(self, batches: list[dict[str, np.ndarray]], input_names: list[str], say: Progress):
+        self.batches, self.names, self.say, self.index = batches, input_names, say, 0
+
+    def get_next(self):
+        if self.index >= len(self.batches):
+            return None
+        batch = self.batches[self.index]
+        self.index += 1
+        if self.index % 8 == 0 or self.index == len(self.batches):
+            self.say(f"int8: calibration batch {self.index}/{len(self.batches)}")
+        return {name: batch[name] for name in self.names}
+
+    def rewind(self):
+        self.index = 0
+
+
+def _same_shape(batches: list[dict[str, np.ndarray]], pad_token_id: int = 0) -> list[dict[str, np.ndarray]]:
+    """Right-pad every batch to one (batch, sequence) shape.
+
+    ONNX Runtime's histogram calibrators (entropy, percentile) stack each tensor across batches and
+    need equal shapes; padding is masked out, and padded tokens run through the engine too.
+    """
+    rows = max(b["input_ids"].shape[0] for b in batches)
+    seq = max(b["input_ids"].shape[-1] for b in batches)
+    out = []
+    for batch in batches:
+        padded = {}
+        for name, value in batch.items():
+            fill = pad_token_id if name == "input_ids" else 0
+            target = np.full((rows,) + value.shape[1:-1] + (seq,), fill, dtype=value.dtype)
+            target[: value.shape[0], ..., : value.shape[-1]] = value
+            padded[name] = target
+        out.append(padded)
+    return out
+
+
+def matmul_scopes(model: onnx.ModelProto) -> dict[str, str]:
+    """MatMul node name -> the reference module it computes, e.g. `bert.encoder.layer.0.output.dense`.
+
+    Read from the name scopes torch's dynamo exporter stores on every node; the two attention
+    products are named `...attention.self.scores` (Q K^T) and `...attention.self.context` (P V).
+    Lets users and recipes name layers to keep in float instead of opaque node names.
+    """
+    scopes = {}
+    for node in model.graph.node:
+        if node.op_type != "MatMul":
+            continue
+        props = {p.key: p.value for p in node.metadata_props}
+        try:
+            path = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            path = []
+        module = path[-2] if len(path) >= 2 else ""
+        module = module[len("model."):] if module.startswith("model.") else module
+        if module.endswith("attention.self"):  # in graph order: Q K^T first, then P V
+            module += ".context" if module + ".scores" in scopes.values() else ".scores"
+        scopes[node.name] = module or node.name
+    return scopes
+
+
+def resolve_keep_float(model: onnx.ModelProto, patterns: Iterable[str]) -> dict[str, str]:
+    """Node name -> module for every MatMul matching a pattern (fnmatch on module path or node name)."""
+    scopes = matmul_scopes(model)
+    chosen = {}
+    for pattern in patterns:
+        hits = {n: m for n, m in scopes.items() if fnmatch.fnmatchcase(m, pattern) or n == pattern}
+        if not hits:
+            raise PrecisionError(f"--keep-float {pattern!r} matches no MatMul; modules are named like "
+                                 f"{', '.join(sorted(set(scopes.values()))[:4])}, ...")
+        chosen.update(hits)
+    return chosen
+
+
+def quantize_int8(src: str | Path, output: str | Path, calibration: list[dict[str, np.ndarray]], *,
+                  method: str = "max", keep_float: Iterable[str] = (), percentile: float = 99.999,
+                  progress: Progress | None = None) -> PrecisionResult:
+    """FP32 graph -> INT8 Q/DQ graph calibrated on `calibration` (feed dicts of int64 arrays).
+
+    Q/DQ go on both inputs of every MatMul: the inputs of every Linear and both operands of the two
+    attention products, as NVIDIA's BERT recipe places them. MatMuls whose module matches a
+    `keep_float` pattern (see `matmul_scopes`, e.g. "cls.predictions.decoder") stay in float.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    say = progress or (lambda message: None)
+    if method not in CALIBRATION_METHODS:
+        raise PrecisionError(f"unknown calibration method {method!r}; choose one of {', '.join(CALIBRATION_METHODS)}")
+    if not calibration:
+        raise PrecisionError("INT8 needs calibration batches; pass --calibration TEXT or use the bundled corpus")
+    start = time.perf_counter()
+    src, output = Path(src), Path(output)
+    graph = onnx.load(str(src), load_external_data=False)
+    input_names = [i.name for i in graph.graph.input]
+    large = sum(1 for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL) > 0
+    kept_nodes = resolve_keep_float(graph, keep_float)
+    keep = sorted(set(kept_nodes.values()))
+    metadata = {p.key: p.value for p in graph.metadata_props}
+    del graph
+    stage = staging_dir(output.parent)
+    try:
+        # ONNX Runtime's symbolic shape inference gives up on these graphs; ONNX's own is enough.
+        prepared = stage / "prepared.onnx"
+        say("int8: preparing the graph (shape inference)")
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True, skip_optimization=False,
+                          save_as_external_data=large)
+        methods = {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                   "percentile": CalibrationMethod.Percentile}
+        extra = {
+            "ActivationSymmetric": True,   # TensorRT: zero point 0
+            "WeightSymmetric": True,
+            "CalibTensorRangeSymmetric": True,
+            "CalibPercentile": percentile,
+            "CalibMovingAverage": False,
+        }
+        quantized = stage / output.name
+        if method != "max":
+            calibration = _same_shape(calibration)
+        say(f"int8: calibrating ({method}) on {len(calibration)} batches")
+        quantize_static(
+            str(prepared), str(quantized), _Batches(calibration, input_names, say),
+            quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
+            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(kept_nodes),
+            calibrate_method=methods[method], use_external_data_format=large, extra_options=extra)
+        model = onnx.load(str(quantized), load_external_data=False)
+        del model.metadata_props[:]
+        for key, value in metadata.items():
+            model.metadata_props.add(key=key, value=value)
+        _set_metadata(model, precision="int8", calibration=method, int8_float_nodes=json.dumps(keep))
+        onnx.save_model(model, quantized)  # external tensors stay where quantize_static wrote them
+        publish_onnx(quantized, output)
+    finally:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+    return PrecisionResult(output, "int8", time.perf_counter() - start, kept_float=keep,
+                           details={"calibration_method": method, "calibration_batches": len(calibration)})
+
+
+# ---------------------------------------------------------------------------- accuracy
+#: Acceptance bars against the FP32 graph (issue: FP16 >= 99.9 % top-1 agreement at masked
+#: positions; INT8 >= 99 % and held-out MLM accuracy within 0.5 points of FP32).
+AGREEMENT_BARS = {"fp32": 1.0, "fp16": 0.999, "int8": 0.99}
+MLM_ACCURACY_DROP = {"fp32": 0.0, "fp16": 0.005, "int8": 0.005}
+
+
+def compare_graphs(reference: str | Path, candidate: str | Path, batches: list[dict[str, np.ndarray]],
+                   real_vocab_size: int | None = None) -> dict:
+    """Run two graphs of one task on ONNX Runtime CPU over `batches` and compare every output.
+
+    Per output: max/mean abs difference, NaN/inf count of the candidate, and top-1 agreement of the
+    last axis (the class or vocabulary axis). Positions counted for agreement: where a batch has
+    `labels` != -100 (masked positions of MLM text), otherwise every unpadded token / sequence.
+    With `labels`, MLM accuracy of both graphs is reported too. Padded vocabulary rows
+    (>= real_vocab_size) are excluded from argmax.
+    """
+    import onnxruntime as ort
+
+    ref = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
+    cand = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+    names = [o.name for o in ref.get_outputs()]
+    inputs = [i.name for i in ref.get_inputs()]
+    stats = {n: {"max_abs_diff": 0.0, "sum_abs": 0.0, "count": 0, "nonfinite": 0, "agree": 0, "positions": 0,
+                 "ref_correct": 0, "cand_correct": 0, "labelled": 0} for n in names}
+    for batch in batches:
+        feeds = {k: batch[k] for k in inputs}
+        outs_ref = dict(zip(names, ref.run(names, feeds)))
+        outs_cand = dict(zip(names, cand.run(names, feeds)))
+        for name in names:
+            a, b = outs_ref[name].astype(np.float32), outs_cand[name].astype(np.float32)
+            s = stats[name]
+            s["nonfinite"] += int((~np.isfinite(b)).sum())
+            diff = np.abs(a - b)
+            s["max_abs_diff"] = max(s["max_abs_diff"], float(np.nanmax(diff)) if diff.size else 0.0)
+            s["sum_abs"] += float(np.nansum(diff))
+            s["count"] += diff.size
+            if a.ndim < 2:
+                continue
+            if real_vocab_size and a.shape[-1] > real_vocab_size:
+                a, b = a[..., :real_vocab_size], b[..., :real_vocab_size]
+            top_a, top_b = a.argmax(-1), b.argmax(-1)
+            if "labels" in batch and top_a.shape == batch["labels"].shape:
+                where = batch["labels"] != -100
+                s["ref_correct"] += int((top_a == batch["labels"])[where].sum())
+                s["cand_correct"] += int((top_b == batch["labels"])[where].sum())
+                s["labelled"] += int(where.sum())
+            elif top_a.shape == batch["attention_mask"].shape:
+                where = batch["attention_mask"] == 1
+            else:
+                where = np.ones(top_a.shape, dtype=bool)
+            s["agree"] += int((top_a == top_b)[where].sum())
+            s["positions"] += int(where.sum())
+    report = {}
+    for name, s in stats.items():
+        entry = {"max_abs_diff": s["max_abs_diff"], "mean_abs_diff": s["sum_abs"] / max(1, s["count"]),
+                 "nonfinite": s["nonfinite"]}
+        if s["positions"]:
+            entry["top1_agreement"] = s["agree"] / s["positions"]
+            entry["positions"] = s["positions"]
+        if s["labelled"]:
+            entry["reference_mlm_accuracy"] = s["ref_correct"] / s["labelled"]
+            entry["mlm_accuracy"] = s["cand_correct"] / s["labelled"]
+        report[name] = entry
+    return report
+
+
+def accuracy_problems(report: dict, precision: str) -> list[str]:
+    """Which acceptance bars a `compare_graphs` report misses (empty: accepted)."""
+    problems = []
+    for name, entry in report.items():
+        if entry["nonfinite"]:
+            problems.append(f"{name}: {entry['nonfinite']} NaN/inf values")
+        if precision == "fp32" and entry["max_abs_diff"] > 1e-4:
+            problems.append(f"{name}: max abs difference {entry['max_abs_diff']:.2e} > 1e-4")
+        bar = AGREEMENT_BARS[precision]
+        if "top1_agreement" in entry and entry["top1_agreement"] < bar:
+            problems.append(f"{name}: top-1 agreement {entry['top1_agreement']:.4%} < {bar:.1%}")
+        if "mlm_accuracy" in entry:
+            drop = entry["reference_mlm_accuracy"] - entry["mlm_accuracy"]
+            if drop > MLM_ACCURACY_DROP[precision]:
+                problems.append(f"{name}: MLM accuracy {entry['mlm_accuracy']:.2%} is {drop * 100:.2f} points "
+                                f"below FP32's {entry['reference_mlm_accuracy']:.2%}")
+    return problems
