@@ -85,41 +85,22 @@ def make_profiles(batches: Sequence[str], sequences: Sequence[str], max_position
 
 # ---------------------------------------------------------------------------- TensorRT
 def tensorrt_status() -> tuple[bool, str]:
-    """(usable, reason): TensorRT imports and a CUDA device is visible."""
+    """(usable, reason): TensorRT and cuda-python import and a CUDA device is visible."""
     try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return False, "the tensorrt Python package is not installed (pip install '.[gpu]')"
-    try:
-        gpu_name, capability = gpu_identity()
-    except Exception as exc:  # no driver, no device, no cuda-python
+        environment = tensorrt_environment()
+    except ImportError as exc:
+        return False, str(exc).split(";")[0]
+    except Exception as exc:  # no driver, no device
         return False, f"no usable CUDA device ({type(exc).__name__}: {exc})"
-    return True, f"TensorRT {tensorrt_version()} on {gpu_name} (sm {capability})"
+    return True, (f"TensorRT {environment['tensorrt_version']} on {environment['gpu_name']} "
+                  f"(sm {environment['compute_capability']})")
 
 
-def tensorrt_version() -> str:
-    """Version of the installed TensorRT wheel (the bindings module carries no __version__ in 11.x)."""
-    from importlib import metadata
+def tensorrt_environment() -> dict:
+    """TensorRT version, GPU name and compute capability: the same probe the runtime checks engines with."""
+    from .runtime.tensorrt.loader import import_cudart, import_tensorrt, running_environment
 
-    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"):
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return "unknown"
-
-
-def gpu_identity() -> tuple[str, str]:
-    """(GPU name, compute capability 'major.minor') of device 0, via cuda-python."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        from cuda import cudart  # cuda-python < 12.8
-    err, props = cudart.cudaGetDeviceProperties(0)
-    if int(err) != 0:
-        raise RuntimeError(f"cudaGetDeviceProperties failed with error {int(err)}")
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.strip("\x00"), f"{props.major}.{props.minor}"
+    return running_environment(import_tensorrt(), import_cudart())
 
 
 def build_engine(onnx_path: Path, engine_path: Path, task: Task, profiles: Sequence[Profile], *,
@@ -270,6 +251,8 @@ def library_versions() -> dict[str, str]:
             pass
     from . import __version__
 
+    from .runtime.tensorrt.loader import tensorrt_version
+
     versions["tensorrt"] = tensorrt_version()
     versions["mbert_export"] = __version__
     return versions
@@ -314,6 +297,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
 
     from .export import copy_tokenizer, export_onnx, load_model_for_task
     from .fileio import atomic_dir
+    from .parity import REFERENCE_FILE
     from .precision import check_precision, convert_fp16, quantize_int8
 
     say = progress or (lambda message: None)
@@ -363,11 +347,13 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                 raise BuildError(f"the {precision} graph misses its accuracy bar (nothing was written):\n  "
                                  + "\n  ".join(problems) + "\n" + hint)
         copy_tokenizer(checkpoint, stage)
+        shutil.move(str(stage / "fp32" / REFERENCE_FILE), stage / REFERENCE_FILE)
         shutil.rmtree(stage / "fp32", ignore_errors=True)
         sidecar = {
             "task": task.name, "precision": precision, "backend": backend,
             "profiles": [asdict(p) for p in profiles],
-            "onnx": GRAPH_NAME, "onnx_sha256": sha256(graph),
+            "max_batch": max(p.batch[2] for p in profiles), "max_seq_len": max_seq,
+            "onnx": GRAPH_NAME, "onnx_sha256": sha256(graph), "reference": REFERENCE_FILE,
             "export_max_abs_diff": max(exported.max_abs_diff.values()),
             "source_checkpoint": str(checkpoint), "kept_float": kept,
             "calibration": calibration_info, "accuracy": accuracy,
@@ -377,13 +363,14 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                                                     "special_tokens_map.json")),
         }
         if backend == "tensorrt":
-            gpu_name, capability = gpu_identity()
+            environment = tensorrt_environment()
+            capability = environment["compute_capability"]
             DEFAULT_ENGINES_DIR.mkdir(parents=True, exist_ok=True)
             build_engine(graph, stage / ENGINE_NAME, task, profiles, optimization_level=optimization_level,
                          workspace_bytes=int(workspace_gb * (1 << 30)),
                          timing_cache=DEFAULT_ENGINES_DIR / f"timing-{capability}.cache", progress=say)
-            sidecar.update(engine=ENGINE_NAME, tensorrt_version=tensorrt_version(), gpu_name=gpu_name,
-                           compute_capability=capability)
+            sidecar.update(engine=ENGINE_NAME, tensorrt_version=environment["tensorrt_version"],
+                           gpu_name=environment["gpu_name"], compute_capability=capability)
         sidecar["build_seconds"] = round(time.perf_counter() - start, 1)
         (stage / SIDECAR_NAME).write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     return BuildResult(output_dir, sidecar)

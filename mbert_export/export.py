@@ -154,7 +154,8 @@ def load_model_for_task(checkpoint: str | Path, task: str | Task, allow_random_h
 
 
 # ---------------------------------------------------------------------------- export
-def graph_metadata(model: MegatronBertPreTrainedModel, task: Task, source: str | None) -> dict[str, str]:
+def graph_metadata(model: MegatronBertPreTrainedModel, task: Task, source: str | None,
+                   max_seq_len: int) -> dict[str, str]:
     """metadata_props: everything a runtime needs to serve the graph without the checkpoint."""
     return {
         "mbert_export.task": task.name,
@@ -162,6 +163,7 @@ def graph_metadata(model: MegatronBertPreTrainedModel, task: Task, source: str |
         "mbert_export.config": model.config.to_json_string(),
         "mbert_export.id2label": json.dumps({str(k): v for k, v in model.config.id2label.items()}),
         "mbert_export.real_vocab_size": str(model.config.real_vocab_size),
+        "mbert_export.max_seq_len": str(max_seq_len),
         "mbert_export.version": __version__,
         "mbert_export.exporter": f"torch.onnx dynamo (torch {torch.__version__})",
         "mbert_export.onnx_version": onnx.__version__,
@@ -269,7 +271,7 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
     try:
         staged = stage / output.name
         with heartbeat(say, "tracing and writing the graph"):
-            _trace(model, task, staged, opset, max_seq_len, graph_metadata(model, task, source),
+            _trace(model, task, staged, opset, max_seq_len, graph_metadata(model, task, source, max_seq_len),
                    external_data=weight_bytes > external_data_threshold)
         say(f"export: traced and written in {time.perf_counter() - start:.1f} s; checking the graph")
         onnx.checker.check_model(str(staged), full_check=True)
@@ -285,6 +287,11 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else None, output.parent)
+    # Reference vectors: a few real inputs and the PyTorch outputs, so that the deployed artifact can
+    # prove itself without torch (runtime.verify / mbert-export verify).
+    from .parity import write_reference_vectors
+
+    write_reference_vectors(model, task, output.parent, max_seq_len=max_seq_len)
     result = ExportResult(output, task.name, opset, external, time.perf_counter() - start, max_abs_diff)
     say(f"export: {result.summary()}")
     return result

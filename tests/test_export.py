@@ -59,7 +59,7 @@ def test_external_data_when_over_the_threshold(tmp_path, tiny):
     path = tmp_path / "big" / "model.onnx"
     result = export_onnx(model, "mlm", path, external_data_threshold=0)
     assert result.external_data == path.with_name("model.onnx.data")
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.data", "reference.npz"]
     graph = onnx.load(path, load_external_data=False)
     external = [t for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
     assert external and {e.value for t in external for e in t.external_data if e.key == "location"} == {

@@ -1,0 +1,25 @@
+"""Deployment runtime: task methods over ONNX Runtime or TensorRT, without torch or transformers.
+
+    from mbert_export.runtime import OrtMegatronBert, TRTMegatronBert
+
+    mlm = OrtMegatronBert("onnx/mlm")                 # folder with model.onnx + tokenizer files
+    mlm.fill_mask("Paris is the [MASK] of France.")   # HF fill-mask format
+    print(mlm.verify())                               # self-check against reference.npz
+
+Layout (after Polygraphy's backends): `artifact` reads an artifact folder, `pipeline` holds the task
+API over the abstract `backend.Backend`, `onnxruntime/` and `tensorrt/` each have a loader and a
+runner, `postprocess` produces the Hugging Face result formats, `verify` the reference self-check.
+Only numpy, tokenizers and onnxruntime or tensorrt (+ cuda-python) are needed; tensorrt and
+cuda-python are imported when a TRTMegatronBert is created.
+"""
+
+from .api import OrtMegatronBert, TRTMegatronBert, compare
+from .artifact import Artifact, ArtifactError, open_artifact, read_onnx_metadata
+from .backend import Backend
+from .pipeline import MegatronBertPipeline
+from .tensorrt import EngineMismatchError, EngineShapeError
+from .verify import THRESHOLDS, Thresholds, VerifyReport
+
+__all__ = ["OrtMegatronBert", "TRTMegatronBert", "MegatronBertPipeline", "Backend", "Artifact", "ArtifactError",
+           "open_artifact", "read_onnx_metadata", "compare", "EngineMismatchError", "EngineShapeError",
+           "Thresholds", "THRESHOLDS", "VerifyReport"]

@@ -1,0 +1,92 @@
+"""The two runtimes users construct, and `compare` (one runtime's outputs against another's)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from .artifact import open_artifact
+from .onnxruntime import OnnxRuntimeBackend
+from .pipeline import MegatronBertPipeline
+from .tensorrt import TensorRTBackend
+from .verify import Thresholds, VerifyReport, compare_outputs, load_reference, thresholds_for, with_overrides
+
+__all__ = ["OrtMegatronBert", "TRTMegatronBert", "compare"]
+
+
+class OrtMegatronBert(MegatronBertPipeline):
+    """An exported graph on ONNX Runtime: `OrtMegatronBert("onnx/mlm")` or `(".../model.onnx")`.
+
+    providers: None (CPU), or names / aliases in priority order, e.g. ["cuda", "cpu"] or
+    ["TensorrtExecutionProvider", "CUDAExecutionProvider"] (needs onnxruntime-gpu).
+    tokenizer: a `Tokenizer` or a folder, when the artifact has none (or another one) next to it.
+    max_batch: split larger batches (default: the artifact's, else 32).
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: Sequence[Any] | str | None = None, *,
+                 tokenizer: Any = None, max_batch: int | None = None, session_options: Any = None):
+        artifact = open_artifact(path, "onnx")
+        backend = OnnxRuntimeBackend(artifact.onnx_path, providers, session_options)
+        try:
+            super().__init__(backend, artifact, tokenizer, max_batch)
+        except BaseException:
+            backend.close()
+            raise
+
+
+class TRTMegatronBert(MegatronBertPipeline):
+    """A TensorRT engine: `TRTMegatronBert("engines/mlm-fp16")` (folder with engine.plan + build.json).
+
+    The engine must have been built by this TensorRT version on this GPU model (build.json says which;
+    anything else is refused with a request to rebuild). cuda_graph=True replays each input shape
+    from a captured CUDA graph. Use as a context manager, or call close(), to free GPU memory.
+    """
+
+    def __init__(self, engine_or_folder: str | os.PathLike, *, tokenizer: Any = None, max_batch: int | None = None,
+                 cuda_graph: bool = False, device: int | None = None, check_compatibility: bool = True):
+        artifact = open_artifact(engine_or_folder, "engine")
+        backend = TensorRTBackend(artifact.engine_path, artifact.sidecar, check_compatibility=check_compatibility,
+                                  cuda_graph=cuda_graph, device=device)
+        try:
+            super().__init__(backend, artifact, tokenizer, max_batch)
+        except BaseException:
+            backend.close()
+            raise
+
+
+def compare(reference: MegatronBertPipeline, candidate: MegatronBertPipeline,
+            feeds: dict[str, np.ndarray] | None = None,
+            thresholds: Thresholds | dict[str, Any] | None = None) -> VerifyReport:
+    """Run both runtimes on the same inputs and judge `candidate` against `reference`.
+
+    E.g. an FP16 TensorRT engine against the FP32 graph on ONNX Runtime. `feeds` default to the
+    reference artifact's reference.npz inputs; thresholds follow the candidate's precision.
+    """
+    if reference.task.name != candidate.task.name:
+        raise ValueError(f"cannot compare task {reference.task.name!r} with task {candidate.task.name!r}")
+    source = "given inputs"
+    if feeds is None:
+        path = reference.artifact.reference_path
+        if not path.is_file():
+            path = candidate.artifact.reference_path
+        feeds, _, _ = load_reference(path)
+        source = f"inputs of {path}"
+    feeds = {n: np.asarray(feeds[n]) for n in reference.task.inputs if n in feeds}
+    limits = with_overrides(thresholds_for(candidate.precision) if thresholds is None or isinstance(thresholds, dict)
+                            else Thresholds(), thresholds)
+    report = VerifyReport(str(candidate.artifact.path), candidate.backend.describe(), candidate.task.name,
+                          candidate.precision, limits, samples=int(feeds["input_ids"].shape[0]),
+                          reference=f"{reference.artifact.path} on {reference.backend.describe()} ({source})")
+    try:
+        expected = reference.run(feeds)
+        got = candidate.run(feeds)
+    except (ValueError, RuntimeError) as exc:
+        report.error = f"running the inputs failed: {exc}"
+        return report
+    full = dict(feeds)
+    full.setdefault("attention_mask", np.ones_like(feeds["input_ids"]))
+    report.outputs = compare_outputs(candidate.task, full, expected, got, limits,
+                                     min(reference.artifact.real_vocab_size, candidate.artifact.real_vocab_size))
+    return report

@@ -1,0 +1,240 @@
+"""Self-check of a deployed artifact against reference vectors (torch-free).
+
+`reference.npz` (written at export/build time by `mbert_export.parity.write_reference_vectors`)
+holds a few real model inputs and the PyTorch reference outputs for them. `compare_outputs` measures
+how far a runtime's outputs are from them (max / mean absolute error, NaN and inf counts, top-1
+agreement of logits, cosine similarity of hidden states) and judges them against per-precision
+thresholds. The same comparison serves `compare` (two runtimes on the same inputs).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..tasks import NUM_CHOICES, SEQUENCE, TEXT_INPUTS, Task
+
+__all__ = ["Thresholds", "THRESHOLDS", "OutputCheck", "VerifyReport", "load_reference", "compare_outputs",
+           "thresholds_for"]
+
+INPUT_PREFIX, OUTPUT_PREFIX, META_KEY = "input.", "output.", "meta"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass criteria; None disables a criterion. NaN/inf outputs always fail."""
+
+    #: Largest allowed |runtime - reference| over valid positions, for every output.
+    max_abs: float | None = None
+    #: Smallest allowed top-1 agreement (fraction) of logits outputs.
+    min_top1: float | None = None
+    #: Smallest allowed cosine similarity (worst row) of non-logits outputs (hidden states).
+    min_cosine: float | None = None
+
+
+#: Per precision. fp16 keeps a loose absolute bound (logits of O(10) carry ~1e-2 of fp16 error).
+THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(max_abs=1e-4),
+    "fp16": Thresholds(max_abs=5e-2, min_top1=0.999, min_cosine=0.999),
+    "int8": Thresholds(min_top1=0.99, min_cosine=0.99),
+}
+
+
+def thresholds_for(precision: str) -> Thresholds:
+    try:
+        return THRESHOLDS[precision]
+    except KeyError:
+        raise ValueError(f"no verification thresholds for precision {precision!r} (known: "
+                         f"{', '.join(THRESHOLDS)}); pass thresholds=Thresholds(...)") from None
+
+
+@dataclass
+class OutputCheck:
+    """How one output compares with the reference."""
+
+    name: str
+    shape: tuple[int, ...]
+    max_abs: float
+    mean_abs: float
+    nan: int
+    inf: int
+    top1: float | None = None
+    top1_count: tuple[int, int] | None = None
+    cosine: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def line(self) -> str:
+        parts = [f"max abs {self.max_abs:.2e}", f"mean abs {self.mean_abs:.2e}"]
+        if self.top1 is not None:
+            agree, total = self.top1_count
+            parts.append(f"top-1 {100 * self.top1:.2f}% ({agree}/{total})")
+        if self.cosine is not None:
+            parts.append(f"cosine >= {self.cosine:.6f}")
+        if self.nan or self.inf:
+            parts.append(f"{self.nan} NaN, {self.inf} inf")
+        status = "ok" if self.passed else "FAIL: " + "; ".join(self.failures)
+        return f"  {self.name} {list(self.shape)}: {', '.join(parts)} -> {status}"
+
+
+@dataclass
+class VerifyReport:
+    """Result of `verify()` / `compare()`; `passed` is the verdict, `summary()` the printable table."""
+
+    artifact: str
+    backend: str
+    task: str
+    precision: str
+    thresholds: Thresholds
+    samples: int = 0
+    outputs: list[OutputCheck] = field(default_factory=list)
+    error: str | None = None
+    reference: str = "reference.npz"
+
+    @property
+    def passed(self) -> bool:
+        return self.error is None and bool(self.outputs) and all(o.passed for o in self.outputs)
+
+    def summary(self) -> str:
+        t = self.thresholds
+        limits = ", ".join(f"{k} {v}" for k, v in (("max abs <=", t.max_abs), ("top-1 >=", t.min_top1),
+                                                 ("cosine >=", t.min_cosine)) if v is not None)
+        head = (f"verify {self.artifact} ({self.task}, {self.precision}) on {self.backend} against "
+                f"{self.reference}: {self.samples} inputs; thresholds: {limits or 'none'}, no NaN/inf")
+        lines = [head] + [o.line() for o in self.outputs]
+        if self.error:
+            lines.append(f"  error: {self.error}")
+        lines.append("PASSED" if self.passed else "FAILED")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"artifact": self.artifact, "backend": self.backend, "task": self.task,
+                "precision": self.precision, "passed": self.passed, "samples": self.samples,
+                "error": self.error, "thresholds": self.thresholds.__dict__,
+                "outputs": [{k: v for k, v in o.__dict__.items()} | {"passed": o.passed} for o in self.outputs]}
+
+
+def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """(inputs, outputs, meta) of a reference.npz."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: this artifact has no reference vectors; they are "
+                                "written at export time (mbert_export.parity.write_reference_vectors)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path} is not a readable reference file ({exc}); re-export the artifact") from None
+    inputs = {k[len(INPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(INPUT_PREFIX)}
+    outputs = {k[len(OUTPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(OUTPUT_PREFIX)}
+    meta = json.loads(str(arrays[META_KEY])) if META_KEY in arrays else {}
+    missing = [n for n in TEXT_INPUTS if n not in inputs]
+    if missing or not outputs:
+        raise ValueError(f"{path} lacks {', '.join(missing) or 'outputs'}; re-export the artifact")
+    return inputs, outputs, meta
+
+
+def _valid_mask(task: Task, name: str, shape: tuple[int, ...], attention_mask: np.ndarray) -> np.ndarray | None:
+    """Boolean mask over the leading (batch[, sequence]) axes of an output: real tokens only."""
+    axes = task.outputs.get(name, {})
+    if SEQUENCE in axes.values() and attention_mask.ndim == 2:
+        seq_axis = next(a for a, n in axes.items() if n == SEQUENCE)
+        if seq_axis == 1 and shape[:2] == attention_mask.shape:
+            return attention_mask.astype(bool)
+    return None
+
+
+def _top1(task: Task, name: str, ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None,
+          real_vocab_size: int) -> tuple[int, int]:
+    axes = task.outputs.get(name, {})
+    last = ref.ndim - 1
+    if axes.get(last) == SEQUENCE:  # start/end logits: argmax over positions
+        if mask is not None:
+            ref = np.where(mask, ref, -np.inf)
+            got = np.where(mask, got, -np.inf)
+        agree = ref.argmax(-1) == got.argmax(-1)
+        return int(agree.sum()), int(agree.size)
+    if axes.get(last) == NUM_CHOICES:
+        agree = ref.argmax(-1) == got.argmax(-1)
+        return int(agree.sum()), int(agree.size)
+    if name == task.vocab_output:
+        ref, got = ref[..., :real_vocab_size], got[..., :real_vocab_size]
+    agree = ref.argmax(-1) == got.argmax(-1)
+    if mask is not None:
+        agree = agree[mask]
+    return int(agree.sum()), int(agree.size)
+
+
+def _cosine(ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None) -> float:
+    ref = ref.reshape(-1, ref.shape[-1]) if mask is None else ref[mask]
+    got = got.reshape(-1, got.shape[-1]) if mask is None else got[mask]
+    dot = (ref * got).sum(-1)
+    norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1)
+    cos = np.where(norms > 0, dot / np.maximum(norms, 1e-30), 1.0)
+    return float(cos.min()) if cos.size else 1.0
+
+
+def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[str, np.ndarray],
+                    got: dict[str, np.ndarray], thresholds: Thresholds, real_vocab_size: int) -> list[OutputCheck]:
+    """One `OutputCheck` per expected output."""
+    attention = np.asarray(inputs["attention_mask"])
+    checks = []
+    for name, ref in expected.items():
+        if name not in got:
+            check = OutputCheck(name, tuple(ref.shape), math.inf, math.inf, 0, 0)
+            check.failures.append("the runtime did not produce this output")
+            checks.append(check)
+            continue
+        ref = np.asarray(ref, dtype=np.float64)
+        out = np.asarray(got[name]).astype(np.float64)
+        if out.shape != ref.shape:
+            check = OutputCheck(name, tuple(out.shape), math.inf, math.inf, 0, 0)
+            check.failures.append(f"shape {list(out.shape)} differs from the reference {list(ref.shape)}")
+            checks.append(check)
+            continue
+        mask = _valid_mask(task, name, ref.shape, attention)
+        nan, inf = int(np.isnan(out).sum()), int(np.isinf(out).sum())
+        diff = np.abs(out - ref)
+        if mask is not None:
+            diff = diff[mask]
+        finite = diff[np.isfinite(diff)]
+        max_abs = float(diff.max()) if diff.size else 0.0
+        if nan:
+            max_abs = math.nan
+        mean_abs = float(finite.mean()) if finite.size else 0.0
+        check = OutputCheck(name, tuple(out.shape), max_abs, mean_abs, nan, inf)
+        is_logits = name.endswith("logits")
+        if is_logits:
+            agree, total = _top1(task, name, ref, np.nan_to_num(out, nan=-np.inf), mask, real_vocab_size)
+            check.top1 = agree / total if total else 1.0
+            check.top1_count = (agree, total)
+        else:
+            check.cosine = _cosine(ref, np.nan_to_num(out), mask)
+        if nan or inf:
+            check.failures.append(f"{nan} NaN and {inf} inf values")
+        if thresholds.max_abs is not None and not max_abs <= thresholds.max_abs:
+            check.failures.append(f"max abs {max_abs:.2e} > {thresholds.max_abs:.0e}")
+        if is_logits and thresholds.min_top1 is not None and check.top1 < thresholds.min_top1:
+            check.failures.append(f"top-1 agreement {100 * check.top1:.2f}% < {100 * thresholds.min_top1:.2f}%")
+        if not is_logits and thresholds.min_cosine is not None and check.cosine < thresholds.min_cosine:
+            check.failures.append(f"cosine {check.cosine:.6f} < {thresholds.min_cosine}")
+        checks.append(check)
+    return checks
+
+
+def with_overrides(base: Thresholds, overrides: Thresholds | dict[str, Any] | None) -> Thresholds:
+    if overrides is None:
+        return base
+    if isinstance(overrides, Thresholds):
+        return overrides
+    return replace(base, **overrides)
