@@ -226,9 +226,44 @@ def run_compare(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+# ---------------------------------------------------------------------------- bench
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    from .bench import ALL_BACKENDS
+
+    p = sub.add_parser(
+        "bench", help="latency/throughput of every backend, interleaved in one run",
+        description="Time the PyTorch reference (FP32, BF16 autocast), ONNX Runtime on the FP32/FP16/INT8 "
+                    "graphs (and the CPU dynamic-INT8 graph) and TensorRT engines when present, on the MLM "
+                    "head. Every ratio comes from the same interleaved run. Writes "
+                    "benchmarks/results/NAME.{json,md,png}.")
+    p.add_argument("--model", default="demo",
+                   help="'demo' (trained demo model), a preset such as megatron-bert-345m-cased (random "
+                        "weights: speed only), or a Hugging Face folder")
+    p.add_argument("--backends", default=",".join(ALL_BACKENDS), help="comma-separated subset")
+    p.add_argument("--batch", default="1,8,32", help="batch sizes (default 1,8,32)")
+    p.add_argument("--seq", default="128,384", help="sequence lengths (default 128,384)")
+    p.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
+    p.add_argument("--repeats", type=int, default=20, help="interleaved rounds per shape (default 20)")
+    p.add_argument("--budget", type=float, default=60.0, help="max seconds of timed rounds per shape")
+    p.add_argument("--name", help="result file name (default bench-MODEL)")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import run_benchmark
+
+    def ints(text: str) -> list[int]:
+        return [int(v) for v in text.split(",") if v]
+
+    run_benchmark(args.model, backends=args.backends.split(","), batches=ints(args.batch), seqs=ints(args.seq),
+                  threads=args.threads, repeats=args.repeats, budget_s=args.budget, name=args.name,
+                  progress=progress)
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_export, add_check, add_build,
-                                                                      add_verify, add_compare]
+                                                                      add_verify, add_compare, add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -341,3 +341,40 @@ def accuracy_problems(report: dict, precision: str) -> list[str]:
                 problems.append(f"{name}: MLM accuracy {entry['mlm_accuracy']:.2%} is {drop * 100:.2f} points "
                                 f"below FP32's {entry['reference_mlm_accuracy']:.2%}")
     return problems
+
+
+# ---------------------------------------------------------------------------- INT8 for ONNX Runtime CPU
+def quantize_int8_dynamic(src: str | Path, output: str | Path, *, progress: Progress | None = None) -> PrecisionResult:
+    """CPU-only INT8: ONNX Runtime dynamic quantization (int8 weights, activations quantized per call).
+
+    Not a TensorRT graph (it uses MatMulInteger / DynamicQuantizeMatMul), but ONNX Runtime CPU's
+    fast integer path: static Q/DQ graphs run no faster than FP32 there (DESIGN.md, measured in
+    benchmarks/results). Weights symmetric per-channel int8.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    say = progress or (lambda message: None)
+    start = time.perf_counter()
+    src, output = Path(src), Path(output)
+    graph = onnx.load(str(src), load_external_data=False)
+    metadata = {p.key: p.value for p in graph.metadata_props}
+    large = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+    del graph
+    say(f"int8-dynamic: quantizing {src}")
+    stage = staging_dir(output.parent)
+    try:
+        staged = stage / output.name
+        quantize_dynamic(str(src), str(staged), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], use_external_data_format=large)
+        model = onnx.load(str(staged), load_external_data=False)
+        del model.metadata_props[:]
+        for key, value in metadata.items():
+            model.metadata_props.add(key=key, value=value)
+        _set_metadata(model, precision="int8-dynamic")
+        onnx.save_model(model, staged)
+        publish_onnx(staged, output)
+    finally:
+        import shutil
+
+        shutil.rmtree(stage, ignore_errors=True)
+    return PrecisionResult(output, "int8-dynamic", time.perf_counter() - start)

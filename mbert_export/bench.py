@@ -1,0 +1,242 @@
+"""Benchmarks: every backend in one run, interleaved, so every ratio in the table comes from one run.
+
+`mbert-export bench` / `scripts/bench.py`. Backends: the PyTorch reference (eager FP32, and BF16
+autocast), ONNX Runtime on the FP32 / FP16 / INT8 Q/DQ graphs (the ones TensorRT builds) and on a
+CPU-only dynamic-INT8 graph (MatMulInteger; ONNX Runtime CPU's fast integer path), and TensorRT
+engines when TensorRT and a GPU are present. Each shape: warm-up, then `repeats` rounds in which
+every backend runs once (interleaved), with a fixed thread count. Writes
+`benchmarks/results/<name>.json`, `.md` and `.png`; prints progress and the table.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .build import DEFAULT_CHECKPOINT, REPO_ROOT
+
+Progress = Callable[[str], None]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+ARTIFACTS_DIR = REPO_ROOT / "benchmarks" / "artifacts"
+ALL_BACKENDS = ("pytorch-fp32", "pytorch-bf16", "ort-fp32", "ort-fp16", "ort-int8-qdq", "ort-int8-dynamic",
+                "trt-fp16", "trt-int8")
+REFERENCE = "pytorch-fp32"
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def load_model(model: str, progress: Progress):
+    """'demo' (the trained demo model), a preset name (random weights: speed only), or a folder."""
+    import torch
+
+    from .config import PRESETS, preset_config
+    from .modeling import MegatronBertForMaskedLM
+
+    if model == "demo":
+        return MegatronBertForMaskedLM.from_pretrained(DEFAULT_CHECKPOINT), DEFAULT_CHECKPOINT
+    if model in PRESETS:
+        torch.manual_seed(0)
+        progress(f"bench: {model} with random weights (speed only)")
+        return MegatronBertForMaskedLM(preset_config(model)).eval(), None
+    return MegatronBertForMaskedLM.from_pretrained(model), Path(model)
+
+
+def prepare_graphs(model, name: str, checkpoint: Path | None, backends: Sequence[str], progress: Progress) -> dict:
+    """FP32 / FP16 / INT8 graphs for the ONNX Runtime backends, cached under benchmarks/artifacts/."""
+    from .export import export_onnx, sample_inputs
+    from .precision import convert_fp16, quantize_int8
+    from .tasks import get_task
+
+    folder = ARTIFACTS_DIR / name
+    graphs = {"ort-fp32": folder / "fp32" / "model.onnx", "ort-fp16": folder / "fp16" / "model.onnx",
+              "ort-int8-qdq": folder / "int8" / "model.onnx", "ort-int8-dynamic": folder / "int8-dynamic" / "model.onnx"}
+    wanted = {b for b in backends if b.startswith("ort-")}
+    if wanted and not graphs["ort-fp32"].exists():
+        export_onnx(model, "mlm", graphs["ort-fp32"], verify=False, tokenizer_dir=checkpoint, progress=progress)
+    if "ort-fp16" in wanted and not graphs["ort-fp16"].exists():
+        convert_fp16(graphs["ort-fp32"], graphs["ort-fp16"], progress=progress)
+    if "ort-int8-qdq" in wanted and not graphs["ort-int8-qdq"].exists():
+        if checkpoint is not None:
+            from . import calibration
+            from .tokenization import Tokenizer
+
+            lengths = [n for n in (32, 64, 128, 256) if n <= model.config.max_position_embeddings] or [16]
+            batches = calibration.calibration_batches(Tokenizer.from_pretrained(checkpoint), num_samples=128,
+                                                      seq_lengths=lengths)
+        else:
+            batches = [sample_inputs(model.config, get_task("mlm"), 8, n, seed=i)
+                       for i, n in enumerate((32, 64, 128, 256) * 4)]
+        quantize_int8(graphs["ort-fp32"], graphs["ort-int8-qdq"], batches, progress=progress)
+    if "ort-int8-dynamic" in wanted and not graphs["ort-int8-dynamic"].exists():
+        from .precision import quantize_int8_dynamic
+
+        quantize_int8_dynamic(graphs["ort-fp32"], graphs["ort-int8-dynamic"], progress=progress)
+    return {k: v for k, v in graphs.items() if k in wanted}
+
+
+def make_runners(model, graphs: dict, backends: Sequence[str], threads: int, progress: Progress) -> dict:
+    """Backend name -> callable(feeds) -> logits (numpy). Unavailable backends are skipped with a note."""
+    import onnxruntime as ort
+    import torch
+
+    torch.set_num_threads(threads)
+    runners: dict[str, Callable] = {}
+
+    def torch_runner(bf16: bool):
+        def run(feeds):
+            tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model(**tensors)["logits"].float().numpy()
+        return run
+
+    for backend in backends:
+        if backend == "pytorch-fp32":
+            runners[backend] = torch_runner(False)
+        elif backend == "pytorch-bf16":
+            runners[backend] = torch_runner(True)
+        elif backend in graphs:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            session = ort.InferenceSession(str(graphs[backend]), options, providers=["CPUExecutionProvider"])
+            runners[backend] = lambda feeds, s=session: s.run(["logits"], feeds)[0]
+        elif backend.startswith("trt-"):
+            engine = ARTIFACTS_DIR / "engines" / backend
+            if not (engine / "engine.plan").exists():
+                progress(f"bench: {backend} skipped (no engine at {engine}; build one with "
+                         f"scripts/build_engine.py --output-dir {engine} on a GPU machine)")
+                continue
+            from .runtime import TRTMegatronBert
+
+            runtime = TRTMegatronBert(engine)
+            runners[backend] = lambda feeds, r=runtime: r.run(feeds)["logits"]
+    return runners
+
+
+def bench_shape(runners: dict, feeds: dict, warmup: int, repeats: int, budget_s: float,
+                progress: Progress) -> dict:
+    """Interleaved timing of every runner on one input; top-1 agreement with the reference."""
+    outputs = {}
+    for name, run in runners.items():
+        for _ in range(warmup):
+            outputs[name] = run(feeds)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    start = time.perf_counter()
+    for round_index in range(repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run(feeds)
+            times[name].append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s and round_index >= 2:
+            progress(f"bench:   time budget reached after {round_index + 1} rounds")
+            break
+    reference = outputs.get(REFERENCE)
+    rows = {}
+    batch = feeds["input_ids"].shape[0]
+    for name, values in times.items():
+        median = statistics.median(values)
+        row = {"median_ms": median * 1e3, "p90_ms": _percentile(values, 90) * 1e3,
+               "p99_ms": _percentile(values, 99) * 1e3, "sequences_per_s": batch / median, "rounds": len(values)}
+        if reference is not None:
+            row["top1_agreement"] = float((outputs[name].argmax(-1) == reference.argmax(-1)).mean())
+        rows[name] = row
+    if REFERENCE in rows:
+        for row in rows.values():
+            row["speedup_vs_pytorch_fp32"] = rows[REFERENCE]["median_ms"] / row["median_ms"]
+    return rows
+
+
+def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BACKENDS,
+                  batches: Sequence[int] = (1, 8, 32), seqs: Sequence[int] = (128, 384), threads: int = 2,
+                  warmup: int = 2, repeats: int = 20, budget_s: float = 60.0, name: str | None = None,
+                  progress: Progress | None = None) -> dict:
+    """Benchmark every backend on every (batch, sequence) shape and write the result files."""
+    import platform
+
+    import torch
+
+    say = progress or (lambda message: None)
+    name = name or f"bench-{model_name}"
+    model, checkpoint = load_model(model_name, say)
+    max_pos = model.config.max_position_embeddings
+    seqs = [s for s in seqs if s <= max_pos] or [max_pos]
+    graphs = prepare_graphs(model, model_name, checkpoint, backends, say)
+    runners = make_runners(model, graphs, backends, threads, say)
+    rng = np.random.default_rng(0)
+    results = []
+    for batch in batches:
+        for seq in seqs:
+            say(f"bench: batch {batch} x seq {seq} ({len(runners)} backends, interleaved)")
+            ids = rng.integers(5, model.config.real_vocab_size, size=(batch, seq), dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+            rows = bench_shape(runners, feeds, warmup, repeats, budget_s, say)
+            results.append({"batch": batch, "sequence": seq, "backends": rows})
+    report = {"name": name, "model": model_name, "threads": threads, "warmup": warmup, "repeats": repeats,
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": _cores(),
+                          "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+              "results": results}
+    write_report(report, say)
+    return report
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def markdown_table(report: dict) -> str:
+    lines = [f"Model `{report['model']}`, {report['threads']} threads, {report['machine']['cores']} cores "
+             f"({report['machine']['cpu_capability']}); speedup = PyTorch eager FP32 median / backend median, "
+             "measured in the same interleaved run.", "",
+             "| batch x seq | backend | median ms | p90 ms | p99 ms | seq/s | speedup | top-1 vs FP32 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for shape in report["results"]:
+        for backend, row in shape["backends"].items():
+            lines.append(f"| {shape['batch']} x {shape['sequence']} | {backend} | {row['median_ms']:.1f} | "
+                         f"{row['p90_ms']:.1f} | {row['p99_ms']:.1f} | {row['sequences_per_s']:.1f} | "
+                         f"{row.get('speedup_vs_pytorch_fp32', float('nan')):.2f}x | "
+                         f"{row.get('top1_agreement', float('nan')):.2%} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, say: Progress) -> None:
+    """benchmarks/results/<name>.json, .md and .png (speedup per backend and shape)."""
+    from .fileio import atomic_write_text
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    base = RESULTS_DIR / report["name"]
+    atomic_write_text(base.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
+    table = markdown_table(report)
+    atomic_write_text(base.with_suffix(".md"), table)
+    say(table)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        say("bench: matplotlib not installed; no PNG chart (pip install matplotlib)")
+        return
+    shapes = [f"{s['batch']}x{s['sequence']}" for s in report["results"]]
+    backends = list(report["results"][0]["backends"]) if report["results"] else []
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(shapes) * max(1, len(backends)) / 3), 4))
+    width = 0.8 / max(1, len(backends))
+    for i, backend in enumerate(backends):
+        values = [s["backends"].get(backend, {}).get("speedup_vs_pytorch_fp32", 0) for s in report["results"]]
+        ax.bar([x + i * width for x in range(len(shapes))], values, width, label=backend)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks([x + width * (len(backends) - 1) / 2 for x in range(len(shapes))], shapes)
+    ax.set_xlabel("batch x sequence")
+    ax.set_ylabel("speedup vs PyTorch FP32 (same run)")
+    ax.set_title(f"{report['model']}: {report['threads']} threads")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(base.with_suffix(".png"), dpi=110)
+    plt.close(fig)
