@@ -173,7 +173,26 @@ def run_build(args: argparse.Namespace) -> int:
         keep_float=args.keep_float, force=args.force, optimization_level=args.opt_level,
         workspace_gb=args.workspace_gb, progress=progress)
     print(result.summary())
-    return 0
+    return report_built_artifact(result.folder, result.sidecar)
+
+
+#: A sentence in the register of the demo model's training text (the Python documentation).
+FILL_MASK_EXAMPLE = "The [MASK] statement is used to import a module."
+
+
+def report_built_artifact(folder, sidecar: dict) -> int:
+    """Run the artifact on its reference vectors (and one fill_mask example for MLM) through the runtime."""
+    from .tasks import get_task
+
+    backend = "tensorrt" if sidecar.get("engine") else "onnxruntime"
+    with _open_runtime(str(folder), backend) as runtime:
+        report = runtime.verify()
+        print(report.summary())
+        if "fill_mask" in get_task(sidecar["task"]).methods and runtime.tokenizer is not None:
+            predictions = runtime.fill_mask(FILL_MASK_EXAMPLE, top_k=3)
+            shown = ", ".join(f"{p['token_str']!r} ({p['score']:.2f})" for p in predictions)
+            print(f"fill_mask({FILL_MASK_EXAMPLE!r}) -> {shown}")
+    return 0 if report.passed else 1
 
 
 # ---------------------------------------------------------------------------- verify / compare

@@ -1,0 +1,184 @@
+"""Precision graphs and builds: what TensorRT needs is in the graph, bad input fails cleanly."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from mbert_export import modeling
+from mbert_export.build import BuildError, build_artifact, make_profiles
+from mbert_export.check import check_graph
+from mbert_export.cli import main as cli_main
+from mbert_export.config import preset_config
+from mbert_export.export import export_onnx, sample_inputs
+from mbert_export.precision import PrecisionError, convert_fp16, matmul_scopes, quantize_int8
+from mbert_export.tasks import get_task
+from mbert_export.tokenization import Tokenizer
+
+ort = pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny random MLM with a WordPiece vocab learned from the bundled corpus (padded embedding)."""
+    from tokenizers import BertWordPieceTokenizer
+
+    from mbert_export.calibration import corpus_path
+
+    folder = tmp_path_factory.mktemp("tiny-checkpoint")
+    trainer = BertWordPieceTokenizer(lowercase=True)
+    trainer.train([str(corpus_path("train"))], vocab_size=500, limit_alphabet=100,
+                  special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], show_progress=False)
+    trainer.save_model(str(folder))
+    tokenizer = Tokenizer.from_vocab(folder / "vocab.txt", lowercase=True)
+    tokenizer.save_pretrained(folder)
+    config = preset_config("tiny", vocab_size=512, tokenizer_vocab_size=tokenizer.vocab_size)
+    modeling.MegatronBertForMaskedLM(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def fp32_graph(checkpoint, tmp_path_factory):
+    model = modeling.MegatronBertForMaskedLM.from_pretrained(checkpoint)
+    path = tmp_path_factory.mktemp("fp32") / "model.onnx"
+    export_onnx(model, "mlm", path, verify=False, tokenizer_dir=checkpoint)
+    return path
+
+
+def _feeds(config, batch, seq, seed=0):
+    return sample_inputs(config, get_task("mlm"), batch, seq, seed=seed)
+
+
+def test_fp16_graph_keeps_io_types_and_survives_padding(fp32_graph, tmp_path):
+    result = convert_fp16(fp32_graph, tmp_path / "model.onnx")
+    graph = onnx.load(result.path)
+    assert [i.type.tensor_type.elem_type for i in graph.graph.input] == [onnx.TensorProto.INT64] * 3
+    assert graph.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+    assert {p.key: p.value for p in graph.metadata_props}["mbert_export.precision"] == "fp16"
+    assert check_graph(result.path) == []
+    config = preset_config("tiny")
+    feeds = _feeds(config, 3, 64)
+    feeds["attention_mask"][2, :] = 0  # a fully padded row at the maximum length
+    logits = ort.InferenceSession(str(result.path)).run(None, feeds)[0]
+    assert np.isfinite(logits).all()
+
+
+def test_int8_graph_follows_tensorrt_rules(fp32_graph, tmp_path):
+    config = preset_config("tiny")
+    calibration = [_feeds(config, 4, n, seed=i) for i, n in enumerate((8, 16, 32, 64))]
+    result = quantize_int8(fp32_graph, tmp_path / "model.onnx", calibration,
+                           keep_float=["cls.predictions.decoder"])
+    graph = onnx.load(result.path)
+    assert result.kept_float == ["cls.predictions.decoder"]
+    inits = {t.name: t for t in graph.graph.initializer}
+    qdq = [n for n in graph.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:  # symmetric: every zero point is an int8 zero
+        zero_point = numpy_helper.to_array(inits[node.input[2]])
+        assert zero_point.dtype == np.int8 and not zero_point.any()
+    weight_dq = [n for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weight_dq and all({a.name: a.i for a in n.attribute}.get("axis") == 1 for n in weight_dq)
+    producers = {o: n for n in graph.graph.node for o in n.output}
+    scopes = matmul_scopes(onnx.load(fp32_graph))
+    by_scope = {scope: name for name, scope in scopes.items()}
+    matmuls = {n.name: n for n in graph.graph.node if n.op_type == "MatMul"}
+    for scope in ("bert.encoder.layer.0.attention.self.scores", "bert.encoder.layer.0.attention.self.context",
+                  "bert.encoder.layer.1.output.dense"):
+        node = matmuls[by_scope[scope]]
+        assert all(producers[i].op_type == "DequantizeLinear" for i in node.input), scope
+    decoder = matmuls[by_scope["cls.predictions.decoder"]]
+    assert not any(i in producers and producers[i].op_type == "DequantizeLinear" for i in decoder.input)
+    assert check_graph(result.path) == []
+    for batch, seq in ((1, 1), (2, 64)):  # shapes unlike calibration run and stay finite
+        assert np.isfinite(ort.InferenceSession(str(result.path)).run(None, _feeds(config, batch, seq))[0]).all()
+
+
+def test_int8_refuses_bad_requests(fp32_graph, tmp_path):
+    config = preset_config("tiny")
+    with pytest.raises(PrecisionError, match="matches no MatMul"):
+        quantize_int8(fp32_graph, tmp_path / "a.onnx", [_feeds(config, 2, 8)], keep_float=["no.such.layer"])
+    with pytest.raises(PrecisionError, match="unknown calibration method"):
+        quantize_int8(fp32_graph, tmp_path / "a.onnx", [_feeds(config, 2, 8)], method="mse")
+    with pytest.raises(PrecisionError, match="needs calibration batches"):
+        quantize_int8(fp32_graph, tmp_path / "a.onnx", [])
+    assert not (tmp_path / "a.onnx").exists()
+
+
+@pytest.mark.parametrize("method", ["entropy", "percentile"])
+def test_histogram_calibration_methods_run_on_varied_lengths(fp32_graph, tmp_path, method):
+    config = preset_config("tiny")
+    calibration = [_feeds(config, 2, n, seed=i) for i, n in enumerate((8, 24, 64))]
+    result = quantize_int8(fp32_graph, tmp_path / "model.onnx", calibration, method=method)
+    assert {p.key: p.value for p in onnx.load(result.path).metadata_props}["mbert_export.calibration"] == method
+
+
+def test_fp32_build_is_complete_and_verifies(checkpoint, tmp_path, capsys):
+    out = tmp_path / "mlm-fp32"
+    code = cli_main(["build", "--task", "mlm", "--fp32", "--checkpoint", str(checkpoint), "--output-dir", str(out),
+                     "--seq", "1,16,64", "--batch", "1,2,4"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert {"model.onnx", "build.json", "reference.npz", "tokenizer.json", "vocab.txt"} <= {
+        p.name for p in out.iterdir()}
+    sidecar = json.loads((out / "build.json").read_text())
+    assert sidecar["task"] == "mlm" and sidecar["precision"] == "fp32" and sidecar["backend"] == "onnxruntime"
+    assert sidecar["profiles"] == [{"batch": [1, 2, 4], "sequence": [1, 16, 64], "num_choices": [2, 4, 8]}]
+    assert sidecar["export_max_abs_diff"] <= 1e-4 and len(sidecar["onnx_sha256"]) == 64
+    assert "PASSED" in printed and "fill_mask(" in printed
+
+
+# ---------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("argv, message", [
+    (["--batch", "8,4,32"], "need 1 <= min <= opt <= max"),
+    (["--seq", "1,64,65"], "exceeds the model's max_position_embeddings"),
+    (["--seq", "1,64"], "exactly three values"),
+    (["--backend", "tensorrt"], "--backend tensorrt needs TensorRT"),
+    (["--precision", "fp8"], "unknown precision 'fp8'"),
+])
+def test_bad_build_arguments_are_one_line_errors(checkpoint, tmp_path, capsys, argv, message):
+    out = tmp_path / "out"
+    precision = [] if "--precision" in argv else ["--fp32"]
+    code = cli_main(["build", "--task", "mlm", *precision, "--checkpoint", str(checkpoint),
+                     "--output-dir", str(out), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_output_folder_with_another_build_needs_force(checkpoint, tmp_path):
+    out = tmp_path / "taken"
+    out.mkdir()
+    (out / "engine.plan").write_bytes(b"another build")
+    with pytest.raises(BuildError, match="already holds a build; pass --force"):
+        build_artifact("mlm", "fp32", checkpoint=checkpoint, output_dir=out, seq=["1,8,16"])
+    assert (out / "engine.plan").read_bytes() == b"another build"
+
+
+def test_profiles_from_several_seq_ranges():
+    profiles = make_profiles(["1,4,8"], ["1,64,128", "129,256,512"], 512)
+    assert [p.sequence for p in profiles] == [(1, 64, 128), (129, 256, 512)]
+    shapes = profiles[0].shapes(get_task("multiple-choice"))
+    assert shapes["input_ids"] == ((1, 2, 1), (4, 4, 64), (8, 8, 128))
+
+
+def test_int8_calibration_text_mostly_unknown_warns_with_ratio(checkpoint, tmp_path):
+    from mbert_export.build import calibration_data, make_profiles, load_tokenizer_if_any
+
+    text = tmp_path / "foreign.txt"
+    text.write_text("\n".join(["Здравствуйте мир это текст на другом языке"] * 50), encoding="utf-8")
+    tokenizer = load_tokenizer_if_any(checkpoint)
+    messages = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        calibration_data(tokenizer, text, make_profiles([], ["1,16,32"], 64), get_task("mlm"),
+                         preset_config("tiny"), messages.append)
+    assert any("[UNK]" in str(w.message) and "%" in str(w.message) for w in caught)
+    calibration_data(tokenizer, None, make_profiles([], ["1,16,32"], 64), get_task("mlm"),
+                     preset_config("tiny"), messages.append)
+    assert any("bundled corpus" in m for m in messages)
