@@ -29,7 +29,7 @@ from .checkpoints import CheckpointError
 from .config import MegatronBertConfig
 from .fileio import atomic_path, publish_onnx, staging_dir
 from .modeling import MODEL_CLASSES, MegatronBertPreTrainedModel
-from .tasks import BATCH, NUM_CHOICES, SEQUENCE, Task, get_task
+from .tasks import BATCH, NUM_CHOICES, SEQUENCE, Task, get_task, sample_inputs  # noqa: F401 (re-exported)
 
 MIN_OPSET = 17  # first opset with a native LayerNormalization (TensorRT keeps its accumulation in FP32)
 DEFAULT_OPSET = 18  # the dynamo exporter's own minimum; TensorRT 10/11 parse opsets 9..24
@@ -79,24 +79,6 @@ class _OnnxSignature(torch.nn.Module):
 
 
 # ---------------------------------------------------------------------------- inputs
-def sample_inputs(config: MegatronBertConfig, task: Task, batch: int, seq: int, seed: int = 0,
-                  padded: bool = True) -> dict[str, np.ndarray]:
-    """Random int64 inputs; rows after the first are right-padded to random lengths when `padded`."""
-    rng = np.random.default_rng(seed)
-    vocab = config.real_vocab_size
-    shape = (batch, 2, seq) if NUM_CHOICES in task.input_axes.values() else (batch, seq)
-    ids = rng.integers(1, vocab, size=shape, dtype=np.int64)
-    mask = np.ones(shape, dtype=np.int64)
-    types = np.zeros(shape, dtype=np.int64)
-    rows_ids, rows_mask, rows_types = ids.reshape(-1, seq), mask.reshape(-1, seq), types.reshape(-1, seq)
-    for row in range(rows_ids.shape[0]):
-        length = int(rng.integers(1, seq + 1)) if padded and row > 0 else seq
-        rows_ids[row, length:] = config.pad_token_id
-        rows_mask[row, length:] = 0
-        rows_types[row, int(rng.integers(0, length + 1)):length] = min(1, config.type_vocab_size - 1)
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-
-
 def verification_shapes(max_seq_len: int) -> list[tuple[int, int]]:
     """Shapes unlike the export sample (2 x 16): batch 1 and > 1; sequence 1, mid and maximum."""
     mid = max(2, max_seq_len // 2 + 1)

@@ -19,7 +19,7 @@ from . import __version__
 from .fileio import atomic_path
 from .runtime.artifact import REFERENCE_FILE, TOKENIZER_MAIN_FILES
 from .runtime.verify import INPUT_PREFIX, META_KEY, OUTPUT_PREFIX
-from .tasks import NUM_CHOICES, TEXT_INPUTS, Task, get_task
+from .tasks import NUM_CHOICES, TEXT_INPUTS, Task, get_task, sample_inputs
 
 __all__ = ["write_reference_vectors", "reference_feeds", "DEFAULT_TEXTS", "REFERENCE_FILE"]
 
@@ -91,21 +91,7 @@ def reference_feeds(task: Task, config, tokenizer=None, texts: Sequence[str] | N
         return {k: batch[k] for k in TEXT_INPUTS}, list(texts)
 
     # No tokenizer: random ids from the real vocabulary, rows right-padded to different lengths.
-    rng = np.random.default_rng(seed)
-    batch, seq = 4, min(16, limit)
-    shape = (batch, 3, seq) if NUM_CHOICES in task.input_axes.values() else (batch, seq)
-    low = min(5, config.real_vocab_size - 1)
-    ids = rng.integers(low, config.real_vocab_size, size=shape, dtype=np.int64)
-    mask = np.ones(shape, dtype=np.int64)
-    types = np.zeros(shape, dtype=np.int64)
-    flat_ids, flat_mask, flat_types = ids.reshape(-1, seq), mask.reshape(-1, seq), types.reshape(-1, seq)
-    for row in range(flat_ids.shape[0]):
-        length = seq if row == 0 else int(rng.integers(2, seq + 1))
-        flat_ids[row, length:] = config.pad_token_id
-        flat_mask[row, length:] = 0
-        if config.type_vocab_size > 1:
-            flat_types[row, length // 2:length] = 1
-    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}, []
+    return sample_inputs(config, task, 4, min(16, limit), seed=seed, num_choices=3), []
 
 
 def write_reference_vectors(model, task: str | Task, folder: str | os.PathLike, tokenizer: Any = None,

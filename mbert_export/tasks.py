@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 #: Axis names users see in the ONNX graph and in TensorRT optimization profiles.
@@ -80,3 +82,25 @@ def get_task(name: str) -> Task:
         return TASKS[name]
     except KeyError:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(TASKS)}") from None
+
+
+def sample_inputs(config, task: Task, batch: int, seq: int, seed: int = 0, padded: bool = True,
+                  num_choices: int = 2) -> dict[str, np.ndarray]:
+    """Random int64 inputs for `task` from `config`'s real vocabulary.
+
+    Rows after the first are right-padded to random lengths when `padded`; token types mark a second
+    segment. Shape (batch, seq), or (batch, num_choices, seq) for multiple choice.
+    """
+    rng = np.random.default_rng(seed)
+    vocab = config.real_vocab_size
+    shape = (batch, num_choices, seq) if NUM_CHOICES in task.input_axes.values() else (batch, seq)
+    ids = rng.integers(1, vocab, size=shape, dtype=np.int64)
+    mask = np.ones(shape, dtype=np.int64)
+    types = np.zeros(shape, dtype=np.int64)
+    rows_ids, rows_mask, rows_types = ids.reshape(-1, seq), mask.reshape(-1, seq), types.reshape(-1, seq)
+    for row in range(rows_ids.shape[0]):
+        length = int(rng.integers(1, seq + 1)) if padded and row > 0 else seq
+        rows_ids[row, length:] = config.pad_token_id
+        rows_mask[row, length:] = 0
+        rows_types[row, int(rng.integers(0, length + 1)):length] = min(1, config.type_vocab_size - 1)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
 from mbert_export.config import preset_config  # noqa: E402
 from mbert_export.modeling import MODEL_CLASSES  # noqa: E402
+from mbert_export.tasks import get_task, sample_inputs  # noqa: E402
 
 #: The nine classes and the Hugging Face output fields each returns.
 OUTPUT_NAMES = {
@@ -33,24 +33,10 @@ def tiny_config(num_labels: int = 3, **overrides):
 
 def random_inputs(config, batch: int, seq: int, seed: int = 0, num_choices: int | None = None,
                   padded: bool = True) -> dict[str, "torch.Tensor"]:
-    """Random ids and token types; when `padded`, rows after the first end early (right padding)."""
-    rng = np.random.default_rng(seed)
-    shape = (batch, num_choices, seq) if num_choices else (batch, seq)
-    ids = rng.integers(1, config.vocab_size, size=shape)
-    mask = np.ones(shape, dtype=np.int64)
-    types = np.zeros(shape, dtype=np.int64)
-    flat_ids, flat_mask, flat_types = ids.reshape(-1, seq), mask.reshape(-1, seq), types.reshape(-1, seq)
-    for row in range(flat_ids.shape[0]):
-        length = seq if (row == 0 or not padded) else int(rng.integers(1, seq + 1))
-        flat_mask[row, length:] = 0
-        flat_ids[row, length:] = config.pad_token_id
-        split = int(rng.integers(0, length + 1))
-        flat_types[row, split:length] = 1
-    return {
-        "input_ids": torch.from_numpy(ids),
-        "attention_mask": torch.from_numpy(mask),
-        "token_type_ids": torch.from_numpy(types),
-    }
+    """`mbert_export.tasks.sample_inputs` as torch tensors; `num_choices` adds the choices axis."""
+    task = get_task("multiple-choice" if num_choices else "mlm")
+    feeds = sample_inputs(config, task, batch, seq, seed=seed, padded=padded, num_choices=num_choices or 2)
+    return {name: torch.from_numpy(value) for name, value in feeds.items()}
 
 
 def hf_twin(class_name: str, config):
