@@ -8,9 +8,11 @@ builds, and ONNX Runtime runs the same files on CPU, so their accuracy is proven
   and outputs kept in their types (int64 ids in, FP32 logits out). The onnxconverter-common converter
   it derives from fails on dynamo-exported graphs (Cast nodes keep `to=FLOAT`); ModelOpt AutoCast
   does the same job but pins onnxruntime-gpu and an older onnx, which break the CPU install.
-- INT8: ONNX Runtime's `quantize_static` in QDQ format with TensorRT's rules: symmetric int8
-  (zero point 0), per-channel weights, per-tensor activations, calibration by max, entropy or
-  percentile. Nodes that hurt accuracy can be kept in float (`keep_float_nodes`); they are reported.
+- INT8: `qdq.py`, explicit quantization with TensorRT's rules: symmetric int8 (zero point 0),
+  per-channel weights, per-tensor activations, calibration by max, entropy or percentile, Q/DQ on
+  both inputs of every MatMul. Written by hand because ONNX Runtime's `quantize_static` needs 20 GB
+  to calibrate the 345M preset (qdq.py: 1.8 GB); its scales are the oracle in tests/test_qdq.py.
+  Layers that hurt accuracy can be kept in float (`keep_float`); they are reported.
 """
 
 from __future__ import annotations
@@ -115,45 +117,6 @@ def convert_fp16(src: str | Path, output: str | Path, *, keep_fp32_ops: Iterable
 
 
 # ---------------------------------------------------------------------------- INT8
-class _Batches:
-    """ONNX Runtime CalibrationDataReader over a list of feed dicts (with progress)."""
-
-    def __init__(self, batches: list[dict[str, np.ndarray]], input_names: list[str], say: Progress):
-        self.batches, self.names, self.say, self.index = batches, input_names, say, 0
-
-    def get_next(self):
-        if self.index >= len(self.batches):
-            return None
-        batch = self.batches[self.index]
-        self.index += 1
-        if self.index % 8 == 0 or self.index == len(self.batches):
-            self.say(f"int8: calibration batch {self.index}/{len(self.batches)}")
-        return {name: batch[name] for name in self.names}
-
-    def rewind(self):
-        self.index = 0
-
-
-def _same_shape(batches: list[dict[str, np.ndarray]], pad_token_id: int = 0) -> list[dict[str, np.ndarray]]:
-    """Right-pad every batch to one (batch, sequence) shape.
-
-    ONNX Runtime's histogram calibrators (entropy, percentile) stack each tensor across batches and
-    need equal shapes; padding is masked out, and padded tokens run through the engine too.
-    """
-    rows = max(b["input_ids"].shape[0] for b in batches)
-    seq = max(b["input_ids"].shape[-1] for b in batches)
-    out = []
-    for batch in batches:
-        padded = {}
-        for name, value in batch.items():
-            fill = pad_token_id if name == "input_ids" else 0
-            target = np.full((rows,) + value.shape[1:-1] + (seq,), fill, dtype=value.dtype)
-            target[: value.shape[0], ..., : value.shape[-1]] = value
-            padded[name] = target
-        out.append(padded)
-    return out
-
-
 def matmul_scopes(model: onnx.ModelProto) -> dict[str, str]:
     """MatMul node name -> the reference module it computes, e.g. `bert.encoder.layer.0.output.dense`.
 
@@ -200,8 +163,7 @@ def quantize_int8(src: str | Path, output: str | Path, calibration: list[dict[st
     attention products, as NVIDIA's BERT recipe places them. MatMuls whose module matches a
     `keep_float` pattern (see `matmul_scopes`, e.g. "cls.predictions.decoder") stay in float.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from .qdq import quantize_int8_lean
 
     say = progress or (lambda message: None)
     if method not in CALIBRATION_METHODS:
@@ -211,48 +173,14 @@ def quantize_int8(src: str | Path, output: str | Path, calibration: list[dict[st
     start = time.perf_counter()
     src, output = Path(src), Path(output)
     graph = onnx.load(str(src), load_external_data=False)
-    input_names = [i.name for i in graph.graph.input]
-    large = sum(1 for t in graph.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL) > 0
     kept_nodes = resolve_keep_float(graph, keep_float)
     keep = sorted(set(kept_nodes.values()))
-    metadata = {p.key: p.value for p in graph.metadata_props}
     del graph
-    stage = staging_dir(output.parent)
-    try:
-        # ONNX Runtime's symbolic shape inference gives up on these graphs; ONNX's own is enough.
-        prepared = stage / "prepared.onnx"
-        say("int8: preparing the graph (shape inference)")
-        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True, skip_optimization=False,
-                          save_as_external_data=large)
-        methods = {"max": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                   "percentile": CalibrationMethod.Percentile}
-        extra = {
-            "ActivationSymmetric": True,   # TensorRT: zero point 0
-            "WeightSymmetric": True,
-            "CalibTensorRangeSymmetric": True,
-            "CalibPercentile": percentile,
-            "CalibMovingAverage": False,
-        }
-        quantized = stage / output.name
-        if method != "max":
-            calibration = _same_shape(calibration)
-        say(f"int8: calibrating ({method}) on {len(calibration)} batches")
-        quantize_static(
-            str(prepared), str(quantized), _Batches(calibration, input_names, say),
-            quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=sorted(kept_nodes),
-            calibrate_method=methods[method], use_external_data_format=large, extra_options=extra)
-        model = onnx.load(str(quantized), load_external_data=False)
-        del model.metadata_props[:]
-        for key, value in metadata.items():
-            model.metadata_props.add(key=key, value=value)
-        _set_metadata(model, precision="int8", calibration=method, int8_float_nodes=json.dumps(keep))
-        onnx.save_model(model, quantized)  # external tensors stay where quantize_static wrote them
-        publish_onnx(quantized, output)
-    finally:
-        import shutil
-
-        shutil.rmtree(stage, ignore_errors=True)
+    say(f"int8: calibrating ({method}) on {len(calibration)} batches")
+    quantize_int8_lean(src, output, calibration, method=method, keep_float_nodes=set(kept_nodes),
+                       percentile=percentile, progress=say,
+                       metadata={"mbert_export.precision": "int8", "mbert_export.calibration": method,
+                                 "mbert_export.int8_float_nodes": json.dumps(keep)})
     return PrecisionResult(output, "int8", time.perf_counter() - start, kept_float=keep,
                            details={"calibration_method": method, "calibration_batches": len(calibration)})
 
