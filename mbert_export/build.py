@@ -304,6 +304,10 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
     task = get_task(task_name)
     precision = check_precision(precision)
     checkpoint = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    if not checkpoint.exists() and checkpoint == DEFAULT_CHECKPOINT:
+        raise BuildError(f"no --checkpoint given and the demo model ({DEFAULT_CHECKPOINT}) is not in this "
+                         "checkout; pass --checkpoint HF_FOLDER (or run scripts/quickstart.py, which builds "
+                         "a random-weight model)")
     output_dir = Path(output_dir) if output_dir else DEFAULT_ENGINES_DIR / f"{task.name}-{precision}"
     if output_dir.exists() and any(output_dir.iterdir()) and not force:
         raise BuildError(f"{output_dir} already holds a build; pass --force to replace it or choose "
