@@ -130,3 +130,83 @@ def write_reference_vectors(model, task: str | Task, folder: str | os.PathLike, 
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
     return target
+
+
+# ---------------------------------------------------------------------------- checkpoint vs artifact
+def parity_inputs(task: Task, config, tokenizer, samples: int, max_batch: int, max_seq: int,
+                  seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """Named input sets: real held-out sentences (tokenized; [MASK]ed for MLM tasks), and random
+    (batch, sequence) shapes across the artifact's range, including its maximum."""
+    from .calibration import load_passages
+
+    sets: dict[str, dict[str, np.ndarray]] = {}
+    if tokenizer is not None:
+        passages = [p for p in load_passages("heldout") if p.strip()][:samples]
+        for start in range(0, len(passages), max(1, max_batch)):
+            chunk = passages[start:start + max_batch]
+            sets[f"held-out text {start + 1}-{start + len(chunk)}"] = reference_feeds(
+                task, config, tokenizer, chunk, max_seq)[0]
+    rng = np.random.default_rng(seed)
+    shapes = [(1, 1), (max_batch, max_seq)] + [
+        (int(rng.integers(1, max_batch + 1)), int(rng.integers(2, max_seq + 1))) for _ in range(2)]
+    for i, (batch, seq) in enumerate(shapes):
+        sets[f"random batch {batch} x seq {seq}"] = sample_inputs(config, task, batch, seq, seed=seed + i)
+    return sets
+
+
+def compare_checkpoint(checkpoint: str | os.PathLike, artifact: str | os.PathLike, *, samples: int = 32,
+                       backend: str = "onnxruntime", report: str | os.PathLike | None = None,
+                       progress=None) -> dict:
+    """Run the PyTorch reference of `checkpoint` and the artifact on the same inputs; judge the artifact.
+
+    Per input set and output: max/mean abs error, top-1 agreement, cosine similarity, NaN/inf counts,
+    against the thresholds of the artifact's precision (runtime.verify's). Writes `report` as JSON
+    and a markdown table beside it (`.md`) when given. Returns the report dict (`passed` inside).
+    """
+    from .export import load_model_for_task, reference_outputs
+    from .fileio import atomic_write_text
+    from .runtime import OrtMegatronBert, TRTMegatronBert
+    from .runtime.verify import compare_outputs, thresholds_for
+
+    say = progress or (lambda message: None)
+    runtime = TRTMegatronBert(artifact) if backend == "tensorrt" else OrtMegatronBert(artifact)
+    try:
+        task, precision = runtime.task, runtime.precision
+        model = load_model_for_task(checkpoint, task, allow_random_head=True, progress=say)
+        thresholds = thresholds_for(precision)
+        sets = parity_inputs(task, model.config, runtime.tokenizer, samples, runtime.max_batch,
+                             runtime.max_seq_len)
+        rows, passed = [], True
+        for name, feeds in sets.items():
+            say(f"compare: {name}")
+            expected = reference_outputs(model, task, feeds)
+            got = runtime.run(feeds)
+            for check in compare_outputs(task, feeds, expected, got, thresholds, model.config.real_vocab_size):
+                passed &= check.passed
+                rows.append({"inputs": name, "output": check.name, "max_abs": check.max_abs,
+                             "mean_abs": check.mean_abs, "top1": check.top1, "cosine": check.cosine,
+                             "nan": check.nan, "inf": check.inf, "failures": check.failures})
+    finally:
+        runtime.close()
+    result = {"checkpoint": str(checkpoint), "artifact": str(artifact), "task": task.name, "precision": precision,
+              "backend": backend, "thresholds": thresholds.__dict__, "passed": passed, "rows": rows}
+    if report:
+        report = Path(report)
+        atomic_write_text(report, json.dumps(result, indent=1, default=float) + "\n")
+        atomic_write_text(report.with_suffix(".md"), parity_markdown(result))
+    return result
+
+
+def parity_markdown(result: dict) -> str:
+    """The report as a markdown table."""
+    lines = [f"Parity of `{result['artifact']}` ({result['task']}, {result['precision']}, {result['backend']}) "
+             f"against the PyTorch reference of `{result['checkpoint']}`: "
+             f"**{'PASSED' if result['passed'] else 'FAILED'}**", "",
+             "| inputs | output | max abs | mean abs | top-1 | cosine | NaN/inf | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        top1 = f"{r['top1']:.2%}" if r["top1"] is not None else "-"
+        cosine = f"{r['cosine']:.6f}" if r["cosine"] is not None else "-"
+        verdict = "ok" if not r["failures"] else "; ".join(r["failures"])
+        lines.append(f"| {r['inputs']} | {r['output']} | {r['max_abs']:.2e} | {r['mean_abs']:.2e} | {top1} | "
+                     f"{cosine} | {r['nan']}/{r['inf']} | {verdict} |")
+    return "\n".join(lines) + "\n"

@@ -132,6 +132,22 @@ def test_fp32_build_is_complete_and_verifies(checkpoint, tmp_path, capsys):
     assert sidecar["export_max_abs_diff"] <= 1e-4 and len(sidecar["onnx_sha256"]) == 64
     assert "PASSED" in printed and "fill_mask(" in printed
 
+    # Parity harness: the artifact against the PyTorch reference of its checkpoint ...
+    report = tmp_path / "parity.json"
+    assert cli_main(["compare", "--checkpoint", str(checkpoint), "--artifact", str(out), "--samples", "6",
+                     "--report", str(report)]) == 0
+    result = json.loads(report.read_text())
+    assert result["passed"] and any(r["inputs"].startswith("held-out text") for r in result["rows"])
+    assert any(r["inputs"] == "random batch 4 x seq 64" for r in result["rows"])  # the profile maximum
+    assert report.with_suffix(".md").read_text().count("| logits |") == len(result["rows"])
+    # ... and against another model's weights, which it must fail.
+    other = tmp_path / "other"
+    config = json.loads((checkpoint / "config.json").read_text())
+    modeling.MegatronBertForMaskedLM(preset_config("tiny", vocab_size=config["vocab_size"],
+                                                   tokenizer_vocab_size=config["tokenizer_vocab_size"])
+                                     ).save_pretrained(other)
+    assert cli_main(["compare", "--checkpoint", str(other), "--artifact", str(out), "--samples", "2"]) == 1
+
 
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("argv, message", [
