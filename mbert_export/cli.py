@@ -141,10 +141,13 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--choices", metavar="MIN,OPT,MAX", help="num_choices range for multiple-choice (default 2,4,8)")
     p.add_argument("--calibration", help="INT8: a text file (one passage per line) to calibrate on "
                                          "(default: the bundled corpus in calibration/)")
-    p.add_argument("--calibration-method", default="max", choices=["max", "entropy", "percentile"],
-                   help="INT8 calibration method (default: max)")
-    p.add_argument("--keep-float", action="append", default=None, metavar="NODE",
-                   help="INT8: MatMul node to keep in float (repeatable); default: the measured recipe")
+    p.add_argument("--calibration-method", default="percentile", choices=["max", "entropy", "percentile"],
+                   help="INT8 calibration method (default: percentile, the measured recipe)")
+    p.add_argument("--keep-float", action="append", default=None, metavar="MODULE",
+                   help="INT8: keep MatMuls of matching modules in float (fnmatch pattern such as "
+                        "'bert.encoder.layer.0.*' or 'cls.predictions.decoder'; repeatable). Default: the "
+                        "measured recipe (layer 0, the attention products and the LM head); "
+                        "--keep-float none quantizes everything")
     p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT workspace limit in GiB")
     p.add_argument("--force", action="store_true", help="replace an output folder that holds another build")
