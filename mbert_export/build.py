@@ -311,8 +311,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
     checkpoint = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     if not checkpoint.exists() and checkpoint == DEFAULT_CHECKPOINT:
         raise BuildError(f"no --checkpoint given and the demo model ({DEFAULT_CHECKPOINT}) is not in this "
-                         "checkout; pass --checkpoint HF_FOLDER (or run scripts/quickstart.py, which builds "
-                         "a random-weight model)")
+                         "checkout; pass --checkpoint HF_FOLDER")
     output_dir = Path(output_dir) if output_dir else DEFAULT_ENGINES_DIR / f"{task.name}-{precision}"
     if output_dir.exists() and any(output_dir.iterdir()) and not force:
         raise BuildError(f"{output_dir} already holds a build; pass --force to replace it or choose "

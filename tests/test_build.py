@@ -198,3 +198,26 @@ def test_int8_calibration_text_mostly_unknown_warns_with_ratio(checkpoint, tmp_p
     calibration_data(tokenizer, None, make_profiles([], ["1,16,32"], 64), get_task("mlm"),
                      preset_config("tiny"), messages.append)
     assert any("bundled corpus" in m for m in messages)
+
+
+# ---------------------------------------------------------------------------- the demo model's bars
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_demo_model_meets_the_precision_bars(tmp_path, precision):
+    """FP16 >= 99.9 % and INT8 >= 99 % top-1 agreement with the FP32 graph at masked held-out positions
+    and at every profile shape, MLM accuracy within 0.5 points (the build refuses otherwise)."""
+    from mbert_export.build import DEFAULT_CHECKPOINT
+
+    result = build_artifact("mlm", precision, checkpoint=DEFAULT_CHECKPOINT, output_dir=tmp_path / precision,
+                            seq=["1,64,256"], batch=["1,4,16"])
+    accuracy = result.sidecar["accuracy"]
+    held_out = accuracy["held-out masked text"]["logits"]
+    bar = {"fp16": 0.999, "int8": 0.99}[precision]
+    assert held_out["top1_agreement"] >= bar and held_out["positions"] > 1000
+    assert held_out["reference_mlm_accuracy"] - held_out["mlm_accuracy"] <= 0.005
+    assert held_out["reference_mlm_accuracy"] > 0.15  # a model that learned something
+    profile_sets = [name for name in accuracy if name.startswith("batch ")]
+    assert len(profile_sets) == 3 and all(accuracy[n]["logits"]["top1_agreement"] >= bar for n in profile_sets)
+    assert all(accuracy[n]["logits"]["nonfinite"] == 0 for n in accuracy)
+    if precision == "int8":
+        assert "cls.predictions.decoder" in result.sidecar["kept_float"]
+        assert check_graph(result.folder / "model.onnx") == []
