@@ -454,9 +454,6 @@ def masked_lm_examples(
     def build() -> list[dict[str, np.ndarray]]:
         rng = np.random.default_rng(seed)
         packer = PassagePacker(tokenizer, texts, order=rng.permutation(len(texts)))
-        if num_samples * seq_len > 3 * sum(len(t) for t in texts):  # rough: ~4 chars per token
-            warnings.warn(f"{what} is short for {num_samples} rows of {seq_len} tokens; rows will repeat",
-                          CalibrationTextWarning, stacklevel=3)
         batches, done = [], 0
         while done < num_samples:
             rows = min(batch_size, num_samples - done)
@@ -466,6 +463,10 @@ def masked_lm_examples(
                 vocab_size=vocab, special_ids=tokenizer.all_special_ids, mask_prob=mask_prob)
             batches.append(batch)
             done += rows
+        if packer.wrapped:
+            warnings.warn(f"{what} is too short for {num_samples} rows of {seq_len} tokens: text repeats, "
+                          "so the accuracy is measured on fewer distinct tokens", CalibrationTextWarning,
+                          stacklevel=3)
         return batches
 
     return _cached("mlm", key, cache_dir, use_cache, build)
