@@ -221,3 +221,25 @@ def test_demo_model_meets_the_precision_bars(tmp_path, precision):
     if precision == "int8":
         assert "cls.predictions.decoder" in result.sidecar["kept_float"]
         assert check_graph(result.folder / "model.onnx") == []
+
+
+# ---------------------------------------------------------------------------- real TensorRT engines
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_tensorrt_engine_matches_the_reference(tmp_path, precision):
+    """Build a strongly typed engine of the demo model and check it on its reference vectors and
+    against the PyTorch reference. Needs TensorRT and an NVIDIA GPU; skipped otherwise."""
+    from mbert_export.build import DEFAULT_CHECKPOINT, tensorrt_status
+    from mbert_export.parity import compare_checkpoint
+    from mbert_export.runtime import TRTMegatronBert
+
+    usable, reason = tensorrt_status()
+    if not usable:
+        pytest.skip(f"TensorRT engine build needs TensorRT and a GPU: {reason}")
+    result = build_artifact("mlm", precision, checkpoint=DEFAULT_CHECKPOINT, output_dir=tmp_path / precision,
+                            backend="tensorrt", seq=["1,64,128", "129,192,256"], batch=["1,4,8"])
+    assert (result.folder / "engine.plan").is_file() and result.sidecar["tensorrt_version"]
+    with TRTMegatronBert(result.folder) as runtime:
+        assert runtime.verify().passed
+        assert runtime.fill_mask("The [MASK] statement is used to import a module.", top_k=3)
+    assert compare_checkpoint(DEFAULT_CHECKPOINT, result.folder, samples=16, backend="tensorrt")["passed"]
