@@ -193,3 +193,16 @@ def test_causal_lm_is_loaded_as_a_decoder(tmp_path, tiny):
     model = load_model_for_task(folder, "causal-lm")
     assert model.config.is_decoder
     export_onnx(model, "causal-lm", tmp_path / "causal.onnx")
+
+
+@pytest.mark.slow
+def test_345m_preset_exports_with_external_data_and_verifies(tmp_path):
+    """BERT-345M-sized export (random weights): one external-data file, verified against PyTorch."""
+    from mbert_export.config import preset_config
+
+    torch.manual_seed(0)
+    model = modeling.MegatronBertForMaskedLM(preset_config("megatron-bert-345m-cased")).eval()
+    result = export_onnx(model, "mlm", tmp_path / "model.onnx", max_seq_len=128)
+    assert result.external_data is not None and result.external_data.stat().st_size > 1e9
+    assert max(result.max_abs_diff.values()) <= 1e-4
+    assert check_graph(result.path) == []
