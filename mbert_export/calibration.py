@@ -199,9 +199,9 @@ class PassagePacker:
         raise ValueError("every passage tokenizes to nothing")
 
     def row(self, budget: int) -> list[int]:
-        """Up to `budget` word-piece ids (no special tokens)."""
-        if budget < 1:
-            raise ValueError(f"row budget must be >= 1, got {budget}")
+        """Up to `budget` word-piece ids (no special tokens); `budget` 0 gives an empty row."""
+        if budget < 0:
+            raise ValueError(f"row budget must be >= 0, got {budget}")
         row: list[int] = []
         while len(row) < budget:
             if not self._pending:
@@ -224,11 +224,12 @@ def build_rows(tokenizer: Tokenizer, packer: PassagePacker, num_rows: int, seq_l
     """`num_rows` rows of at most `seq_len` tokens: `[CLS] A [SEP]` or, with `pair_prob`, `[CLS] A [SEP] B [SEP]`.
 
     A pair splits one packed row at a random point (B gets token type 1), as BERT inputs with two
-    segments look. Rows are right-padded to `pad_to` (default `seq_len`). Returns int64
-    `input_ids`, `attention_mask`, `token_type_ids` and `special_tokens_mask`.
+    segments look; rows shorter than 5 tokens are never pairs (seq_len 2 is `[CLS] [SEP]`). Rows are
+    right-padded to `pad_to` (default `seq_len`). Returns int64 `input_ids`, `attention_mask`,
+    `token_type_ids` and `special_tokens_mask`.
     """
-    if seq_len < 5:
-        raise ValueError(f"seq_len must be >= 5 (room for [CLS] x [SEP] y [SEP]), got {seq_len}")
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be >= 2 (room for [CLS] and [SEP]), got {seq_len}")
     width = seq_len if pad_to is None else pad_to
     cls_id, sep_id, pad_id = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     out = {
@@ -238,7 +239,7 @@ def build_rows(tokenizer: Tokenizer, packer: PassagePacker, num_rows: int, seq_l
         "special_tokens_mask": np.ones((num_rows, width), dtype=np.int64),
     }
     for r in range(num_rows):
-        pair = rng.random() < pair_prob
+        pair = seq_len >= 5 and rng.random() < pair_prob
         body = packer.row(seq_len - (3 if pair else 2))
         if pair and len(body) >= 2:
             cut = int(rng.integers(1, len(body)))
@@ -291,8 +292,8 @@ def _check_lengths(tokenizer: Tokenizer, seq_lengths: Sequence[int]) -> tuple[in
     if not lengths:
         raise ValueError("seq_lengths is empty; give at least one sequence length, e.g. (32, 64, 128, 256)")
     for n in lengths:
-        if not 5 <= n <= tokenizer.model_max_length:
-            raise ValueError(f"sequence length {n} is outside 5..{tokenizer.model_max_length} "
+        if not 2 <= n <= tokenizer.model_max_length:
+            raise ValueError(f"sequence length {n} is outside 2..{tokenizer.model_max_length} "
                              "(the tokenizer's model_max_length)")
     return lengths
 

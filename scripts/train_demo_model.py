@@ -15,7 +15,8 @@ with dynamic padding, two-segment rows, AdamW with warmup + cosine decay, bf16 a
 baseline; (4) the folder (config.json, model.safetensors, tokenizer files, README.md model card,
 training_summary.json) is written to a temp folder and renamed into place.
 
-    PYTHONPATH=. python scripts/train_demo_model.py --overwrite   # ~13 min on 2 idle cores
+    PYTHONPATH=. python scripts/train_demo_model.py --overwrite   # ~5 min on 2 idle cores, more under load
+    PYTHONPATH=. python scripts/train_demo_model.py --vocab models/megatron-bert-demo/vocab.txt --output /tmp/demo  # reproduce
     PYTHONPATH=. python scripts/train_demo_model.py --steps 50 --output /tmp/demo   # smoke run
 """
 
@@ -63,11 +64,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2, help="torch threads (at most the machine's cores)")
-    p.add_argument("--steps", type=int, default=7000)
+    p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--warmup", type=float, default=0.08, help="warmup share of the steps")
+    p.add_argument("--warmup", type=float, default=0.04, help="warmup share of the steps")
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--vocab-size", type=int, default=3000, help="WordPiece tokens (incl. specials)")
+    p.add_argument("--vocab", type=Path, default=None,
+                   help="use this vocab.txt (e.g. models/megatron-bert-demo/vocab.txt) instead of training "
+                        "one: the tokenizers WordPiece trainer breaks count ties in hash-map order, so two "
+                        "trainings can differ by ~100 tokens (huggingface/tokenizers#1794)")
     p.add_argument("--pad-vocab-to", type=int, default=128,
                    help="embedding rows are padded to a multiple of this, as Megatron-LM does")
     p.add_argument("--layers", type=int, default=4)
@@ -250,8 +255,10 @@ Fill-mask examples (top 5):
 PYTHONPATH=. python scripts/train_demo_model.py --overwrite
 ```
 
-Same seed and library versions give the same vocabulary and data order; bf16 CPU kernels may
-differ across machines, so weights can differ slightly.
+The `tokenizers` WordPiece trainer is not deterministic (it breaks count ties in hash-map order,
+huggingface/tokenizers#1794: two runs differ in ~100 of 3000 tokens). To retrain on this exact
+vocabulary, pass it in: `--vocab models/megatron-bert-demo/vocab.txt --output OTHER_FOLDER`. With
+a fixed vocabulary, the seed fixes initialisation, data order and masking.
 """
 
 
@@ -269,7 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     train_passages = calibration.load_passages("train")
     heldout_passages = calibration.load_passages("heldout")
     t0 = time.time()
-    tokenizer = train_tokenizer(train_passages, args.vocab_size, args.max_positions)
+    if args.vocab is not None:
+        tokenizer = Tokenizer.from_vocab(args.vocab, True, model_max_length=args.max_positions)
+    else:
+        tokenizer = train_tokenizer(train_passages, args.vocab_size, args.max_positions)
     tokenizer_seconds = time.time() - t0
     real_vocab = tokenizer.vocab_size
     padded_vocab = math.ceil(real_vocab / args.pad_vocab_to) * args.pad_vocab_to

@@ -244,3 +244,13 @@ def test_top1_agreement_and_baseline():
 def test_short_evaluation_text_warns(tokenizer):
     with pytest.warns(cal.CalibrationTextWarning, match="too short"):
         cal.masked_lm_examples(tokenizer, passages=ENGLISH, num_samples=8, seq_len=32)
+
+
+def test_very_short_sequence_lengths(tokenizer):
+    batches = cal.calibration_batches(tokenizer, num_samples=6, batch_size=2, seq_lengths=(2, 3, 4), use_cache=False)
+    assert [b["input_ids"].shape for b in batches] == [(2, 2), (2, 3), (2, 4)]
+    for batch in batches:
+        _check_batch(batch, tokenizer)
+    assert (batches[0]["input_ids"] == [tokenizer.cls_token_id, tokenizer.sep_token_id]).all()
+    with pytest.raises(ValueError, match="outside 2"):
+        cal.calibration_batches(tokenizer, seq_lengths=(1,), use_cache=False)
