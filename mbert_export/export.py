@@ -27,17 +27,12 @@ from . import __version__
 from .check import check_graph
 from .checkpoints import CheckpointError
 from .config import MegatronBertConfig
-from .fileio import atomic_path, publish_onnx, staging_dir
+from .fileio import EXTERNAL_DATA_THRESHOLD, atomic_path, publish_onnx, staging_dir
 from .modeling import MODEL_CLASSES, MegatronBertPreTrainedModel
 from .tasks import BATCH, NUM_CHOICES, SEQUENCE, Task, get_task, sample_inputs  # noqa: F401 (re-exported)
 
 MIN_OPSET = 17  # first opset with a native LayerNormalization (TensorRT keeps its accumulation in FP32)
 DEFAULT_OPSET = 18  # the dynamo exporter's own minimum; TensorRT 10/11 parse opsets 9..24
-#: Above this many weight bytes the tensors go to ONE external-data file beside the .onnx. Protobufs
-#: stop at 2 GiB, and well below that a single-file save costs two extra in-memory copies of the
-#: weights (measured on 345M: 4.4x the weight bytes at peak, 1.35x with external data), so the
-#: limit is set to keep export memory under 2x the weights.
-EXTERNAL_DATA_THRESHOLD = 512 * 1024**2
 VERIFY_TOLERANCE = 1e-4
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import fnmatch
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,13 +29,11 @@ from typing import Callable, Iterable
 import numpy as np
 import onnx
 
-from .fileio import publish_onnx, staging_dir
+from .fileio import EXTERNAL_DATA_THRESHOLD, PROTOBUF_LIMIT, publish_onnx, staging_dir
 
 Progress = Callable[[str], None]
 PRECISIONS = ("fp32", "fp16", "int8")
 CALIBRATION_METHODS = ("max", "entropy", "percentile")
-#: Above this many weight bytes, graphs are saved with one external-data file (protobuf limit).
-EXTERNAL_DATA_THRESHOLD = 2 * 1024**3 - 64 * 1024**2
 
 
 class PrecisionError(ValueError):
@@ -66,8 +65,9 @@ def _weight_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def _set_metadata(model: onnx.ModelProto, **updates: str) -> None:
-    props = {p.key: p.value for p in model.metadata_props}
+def _set_metadata(model: onnx.ModelProto, base: dict[str, str] | None = None, **updates: str) -> None:
+    """metadata_props = `base` (default: the model's own) plus `mbert_export.<key>` updates."""
+    props = dict(base) if base is not None else {p.key: p.value for p in model.metadata_props}
     props.update({f"mbert_export.{k}": v for k, v in updates.items()})
     del model.metadata_props[:]
     for key, value in props.items():
@@ -86,13 +86,11 @@ def _save(model: onnx.ModelProto, output: Path) -> None:
             onnx.save_model(model, staged)
         publish_onnx(staged, output)
     finally:
-        import shutil
-
         shutil.rmtree(stage, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- FP16
-#: Ops kept in FP32 by default: none. Measured on the demo model (README "Precision recipes"): with
+#: Ops kept in FP32 by default: none. Measured on the demo model (README "Design decisions"): with
 #: opset-17 LayerNormalization and the bounded -1e4 attention mask nothing in this graph overflows
 #: FP16, and TensorRT keeps LayerNormalization's accumulation in FP32 by itself.
 DEFAULT_FP32_OPS: tuple[str, ...] = ()
@@ -109,7 +107,7 @@ def convert_fp16(src: str | Path, output: str | Path, *, keep_fp32_ops: Iterable
     say(f"fp16: converting {src}" + (f" (keeping {', '.join(keep)} in FP32)" if keep else ""))
     model = onnx.load(str(src))
     model = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=keep or [],
-                                             disable_shape_infer=_weight_bytes(model) > EXTERNAL_DATA_THRESHOLD)
+                                             disable_shape_infer=_weight_bytes(model) > PROTOBUF_LIMIT)
     _set_metadata(model, precision="fp16", fp32_ops=json.dumps(keep))
     output = Path(output)
     _save(model, output)
@@ -295,14 +293,9 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, progress: Prog
         quantize_dynamic(str(src), str(staged), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], use_external_data_format=large)
         model = onnx.load(str(staged), load_external_data=False)
-        del model.metadata_props[:]
-        for key, value in metadata.items():
-            model.metadata_props.add(key=key, value=value)
-        _set_metadata(model, precision="int8-dynamic")
+        _set_metadata(model, metadata, precision="int8-dynamic")
         onnx.save_model(model, staged)
         publish_onnx(staged, output)
     finally:
-        import shutil
-
         shutil.rmtree(stage, ignore_errors=True)
     return PrecisionResult(output, "int8-dynamic", time.perf_counter() - start)
