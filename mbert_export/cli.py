@@ -142,12 +142,16 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calibration", help="INT8: a text file (one passage per line) to calibrate on "
                                          "(default: the bundled corpus in calibration/)")
     p.add_argument("--calibration-method", default="percentile", choices=["max", "entropy", "percentile"],
-                   help="INT8 calibration method (default: percentile, the measured recipe)")
+                   help="INT8 Q/DQ calibration method (default: percentile, the measured recipe)")
     p.add_argument("--keep-float", action="append", default=None, metavar="MODULE",
                    help="INT8: keep MatMuls of matching modules in float (fnmatch pattern such as "
                         "'bert.encoder.layer.0.*' or 'cls.predictions.decoder'; repeatable). Default: the "
                         "measured recipe (layer 0, the attention products and the LM head); "
                         "--keep-float none quantizes everything")
+    p.add_argument("--int8-recipe", default="auto", choices=["auto", "qdq", "dynamic"],
+                   help="INT8 graph: qdq = explicit Q/DQ, calibrated (what TensorRT builds); dynamic = ONNX "
+                        "Runtime CPU's integer kernels, no calibration (about 2x faster than FP32 on CPU, "
+                        "TensorRT cannot build it). auto: qdq for TensorRT, dynamic for ONNX Runtime")
     p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT workspace limit in GiB")
     p.add_argument("--force", action="store_true", help="replace an output folder that holds another build")
@@ -173,8 +177,8 @@ def run_build(args: argparse.Namespace) -> int:
         args.task, args.precision, checkpoint=args.checkpoint, output_dir=args.output_dir,
         backend=args.backend, batch=args.batch, seq=args.seq, choices=args.choices,
         calibration=args.calibration, calibration_method=args.calibration_method,
-        keep_float=args.keep_float, force=args.force, optimization_level=args.opt_level,
-        workspace_gb=args.workspace_gb, progress=progress)
+        keep_float=args.keep_float, int8_recipe=args.int8_recipe, force=args.force,
+        optimization_level=args.opt_level, workspace_gb=args.workspace_gb, progress=progress)
     print(result.summary())
     return report_built_artifact(result.folder, result.sidecar)
 

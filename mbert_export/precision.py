@@ -13,6 +13,9 @@ builds, and ONNX Runtime runs the same files on CPU, so their accuracy is proven
   both inputs of every MatMul. Written by hand because ONNX Runtime's `quantize_static` needs 20 GB
   to calibrate the 345M preset (qdq.py: 1.8 GB); its scales are the oracle in tests/test_qdq.py.
   Layers that hurt accuracy can be kept in float (`keep_float`); they are reported.
+- INT8 for ONNX Runtime CPU (`quantize_int8_dynamic`): the Q/DQ graph runs no faster than FP32
+  there, so the CPU backend gets ONNX Runtime's dynamic quantization (integer VNNI kernels) with
+  the same keep-float list.
 """
 
 from __future__ import annotations
@@ -177,10 +180,12 @@ def quantize_int8(src: str | Path, output: str | Path, calibration: list[dict[st
     say(f"int8: calibrating ({method}) on {len(calibration)} batches")
     quantize_int8_lean(src, output, calibration, method=method, keep_float_nodes=set(kept_nodes),
                        percentile=percentile, progress=say,
-                       metadata={"mbert_export.precision": "int8", "mbert_export.calibration": method,
+                       metadata={"mbert_export.precision": "int8", "mbert_export.int8_recipe": "qdq",
+                                 "mbert_export.calibration": method,
                                  "mbert_export.int8_float_nodes": json.dumps(keep)})
     return PrecisionResult(output, "int8", time.perf_counter() - start, kept_float=keep,
-                           details={"calibration_method": method, "calibration_batches": len(calibration)})
+                           details={"int8_recipe": "qdq", "calibration_method": method,
+                                    "calibration_batches": len(calibration)})
 
 
 # ---------------------------------------------------------------------------- accuracy
@@ -270,12 +275,16 @@ def accuracy_problems(report: dict, precision: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- INT8 for ONNX Runtime CPU
-def quantize_int8_dynamic(src: str | Path, output: str | Path, *, progress: Progress | None = None) -> PrecisionResult:
-    """CPU-only INT8: ONNX Runtime dynamic quantization (int8 weights, activations quantized per call).
+def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: Iterable[str] = (),
+                          progress: Progress | None = None) -> PrecisionResult:
+    """FP32 graph -> CPU INT8 graph: ONNX Runtime dynamic quantization of the Linear layers.
 
-    Not a TensorRT graph (it uses MatMulInteger / DynamicQuantizeMatMul), but ONNX Runtime CPU's
-    fast integer path: static Q/DQ graphs run no faster than FP32 there (DESIGN.md, measured in
-    benchmarks/results). Weights symmetric per-channel int8.
+    Weights int8 symmetric per channel, activations quantized per call (DynamicQuantizeLinear +
+    MatMulInteger, which ONNX Runtime CPU fuses into its VNNI kernels). TensorRT cannot build it;
+    static Q/DQ graphs run no faster than FP32 on ONNX Runtime CPU (benchmarks/results), hence a
+    recipe of its own. Needs no calibration. Only MatMuls with a constant weight are quantized, so
+    the attention products and the (transposed, tied) LM-head decoder always stay in float; the
+    result lists every module left in float, whether by `keep_float` or by that rule.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -285,17 +294,23 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, progress: Prog
     graph = onnx.load(str(src), load_external_data=False)
     metadata = {p.key: p.value for p in graph.metadata_props}
     large = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+    scopes = matmul_scopes(graph)
+    excluded = resolve_keep_float(graph, keep_float)
     del graph
-    say(f"int8-dynamic: quantizing {src}")
+    say(f"int8 (dynamic, ONNX Runtime CPU): quantizing {src}")
     stage = staging_dir(output.parent)
     try:
         staged = stage / output.name
         quantize_dynamic(str(src), str(staged), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], use_external_data_format=large)
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=sorted(excluded),
+                         use_external_data_format=large)
         model = onnx.load(str(staged), load_external_data=False)
-        _set_metadata(model, metadata, precision="int8-dynamic")
+        float_nodes = {n.name for n in model.graph.node if n.op_type == "MatMul"}
+        kept = sorted({scope for name, scope in scopes.items() if name in float_nodes})
+        _set_metadata(model, metadata, precision="int8", int8_recipe="dynamic", int8_float_nodes=json.dumps(kept))
         onnx.save_model(model, staged)
         publish_onnx(staged, output)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    return PrecisionResult(output, "int8-dynamic", time.perf_counter() - start)
+    return PrecisionResult(output, "int8", time.perf_counter() - start, kept_float=kept,
+                           details={"int8_recipe": "dynamic"})

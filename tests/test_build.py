@@ -16,7 +16,8 @@ from mbert_export.check import check_graph
 from mbert_export.cli import main as cli_main
 from mbert_export.config import preset_config
 from mbert_export.export import export_onnx, sample_inputs
-from mbert_export.precision import PrecisionError, convert_fp16, matmul_scopes, quantize_int8
+from mbert_export.precision import (PrecisionError, convert_fp16, matmul_scopes, quantize_int8,
+                                   quantize_int8_dynamic)
 from mbert_export.tasks import get_task
 from mbert_export.tokenization import Tokenizer
 
@@ -110,6 +111,39 @@ def test_int8_refuses_bad_requests(fp32_graph, tmp_path):
     assert not (tmp_path / "a.onnx").exists()
 
 
+def test_cpu_int8_recipe_quantizes_linears_dynamically_and_reports_what_stayed_float(fp32_graph, tmp_path):
+    result = quantize_int8_dynamic(fp32_graph, tmp_path / "model.onnx", keep_float=["bert.encoder.layer.0.*"])
+    graph = onnx.load(result.path)
+    ops = [n.op_type for n in graph.graph.node]
+    scopes = matmul_scopes(onnx.load(fp32_graph))
+    linears = [n for n, s in scopes.items() if not s.endswith((".scores", ".context"))]
+    assert ops.count("MatMulInteger") == len(linears) - 6 - 1  # layer 0's six Linears and the tied decoder
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["mbert_export.precision"] == "int8" and meta["mbert_export.int8_recipe"] == "dynamic"
+    assert "bert.encoder.layer.0.attention.self.query" in result.kept_float
+    assert "cls.predictions.decoder" in result.kept_float  # its weight is a Transpose, not a constant
+    assert "bert.encoder.layer.1.attention.self.scores" in result.kept_float
+    assert "bert.encoder.layer.1.attention.self.query" not in result.kept_float
+    assert json.loads(meta["mbert_export.int8_float_nodes"]) == result.kept_float
+    feeds = _feeds(preset_config("tiny"), 2, 16)
+    reference = ort.InferenceSession(str(fp32_graph)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(result.path)).run(None, feeds)[0]
+    assert got.shape == reference.shape and np.isfinite(got).all()
+    with pytest.raises(PrecisionError, match="matches no MatMul"):
+        quantize_int8_dynamic(fp32_graph, tmp_path / "b.onnx", keep_float=["no.such.layer"])
+    assert not (tmp_path / "b.onnx").exists()
+
+
+def test_tensorrt_backend_refuses_the_cpu_int8_recipe(checkpoint, tmp_path):
+    with pytest.raises(BuildError, match="unknown INT8 recipe"):
+        build_artifact("mlm", "int8", checkpoint=checkpoint, output_dir=tmp_path / "x", backend="onnxruntime",
+                       int8_recipe="static")
+    with pytest.raises(BuildError, match="TensorRT builds only the Q/DQ INT8 graph"):
+        build_artifact("mlm", "int8", checkpoint=checkpoint, output_dir=tmp_path / "x", backend="tensorrt",
+                       int8_recipe="dynamic")
+    assert not (tmp_path / "x").exists()
+
+
 @pytest.mark.parametrize("method", ["entropy", "percentile"])
 def test_histogram_calibration_methods_run_on_varied_lengths(fp32_graph, tmp_path, method):
     config = preset_config("tiny")
@@ -201,14 +235,15 @@ def test_int8_calibration_text_mostly_unknown_warns_with_ratio(checkpoint, tmp_p
 
 
 # ---------------------------------------------------------------------------- the demo model's bars
-@pytest.mark.parametrize("precision", ["fp16", "int8"])
-def test_demo_model_meets_the_precision_bars(tmp_path, precision):
-    """FP16 >= 99.9 % and INT8 >= 99 % top-1 agreement with the FP32 graph at masked held-out positions
-    and at every profile shape, MLM accuracy within 0.5 points (the build refuses otherwise)."""
+@pytest.mark.parametrize("precision,recipe", [("fp16", None), ("int8", "qdq"), ("int8", "dynamic")])
+def test_demo_model_meets_the_precision_bars(tmp_path, precision, recipe):
+    """FP16 >= 99.9 % and INT8 (both recipes: TensorRT's Q/DQ graph and ONNX Runtime CPU's dynamic
+    graph) >= 99 % top-1 agreement with the FP32 graph at masked held-out positions and at every
+    profile shape, MLM accuracy within 0.5 points (the build refuses otherwise)."""
     from mbert_export.build import DEFAULT_CHECKPOINT
 
     result = build_artifact("mlm", precision, checkpoint=DEFAULT_CHECKPOINT, output_dir=tmp_path / precision,
-                            seq=["1,64,256"], batch=["1,4,16"])
+                            seq=["1,64,256"], batch=["1,4,16"], int8_recipe=recipe or "auto")
     accuracy = result.sidecar["accuracy"]
     held_out = accuracy["held-out masked text"]["logits"]
     bar = {"fp16": 0.999, "int8": 0.99}[precision]
@@ -219,8 +254,12 @@ def test_demo_model_meets_the_precision_bars(tmp_path, precision):
     assert len(profile_sets) == 3 and all(accuracy[n]["logits"]["top1_agreement"] >= bar for n in profile_sets)
     assert all(accuracy[n]["logits"]["nonfinite"] == 0 for n in accuracy)
     if precision == "int8":
+        assert result.sidecar["int8_recipe"] == recipe
         assert "cls.predictions.decoder" in result.sidecar["kept_float"]
-        assert check_graph(result.folder / "model.onnx") == []
+        ops = {n.op_type for n in onnx.load(result.folder / "model.onnx").graph.node}
+        assert ("QuantizeLinear" in ops) == (recipe == "qdq") and ("MatMulInteger" in ops) == (recipe == "dynamic")
+        if recipe == "qdq":
+            assert check_graph(result.folder / "model.onnx") == []
 
 
 # ---------------------------------------------------------------------------- real TensorRT engines
@@ -243,3 +282,26 @@ def test_tensorrt_engine_matches_the_reference(tmp_path, precision):
         assert runtime.verify().passed
         assert runtime.fill_mask("The [MASK] statement is used to import a module.", top_k=3)
     assert compare_checkpoint(DEFAULT_CHECKPOINT, result.folder, samples=16, backend="tensorrt")["passed"]
+
+
+# ---------------------------------------------------------------------------- benchmark harness
+def test_benchmark_writes_tables_with_speedups_and_held_out_agreement(tmp_path, monkeypatch):
+    """A tiny run of `mbert-export bench` on the demo model: every backend timed in the same run,
+    JSON/markdown written, and the CPU INT8 graph keeps the 99 % agreement bar on held-out text."""
+    from mbert_export import bench
+
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(bench, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    messages = []
+    report = bench.run_benchmark("demo", backends=("pytorch-fp32", "ort-fp32", "ort-int8-dynamic"), batches=(2,),
+                                 seqs=(32,), repeats=3, warmup=1, name="t", progress=messages.append)
+    rows = report["results"][0]["backends"]
+    assert set(rows) == {"pytorch-fp32", "ort-fp32", "ort-int8-dynamic"}
+    assert rows["pytorch-fp32"]["speedup_vs_pytorch_fp32"] == 1.0 and rows["ort-fp32"]["rounds"] == 3
+    agreement = report["held_out_agreement"]
+    assert agreement["ort-fp32"]["top1_agreement"] >= 0.999 and agreement["ort-fp32"]["positions"] > 1000
+    assert agreement["ort-int8-dynamic"]["top1_agreement"] >= 0.99
+    table = (tmp_path / "results" / "t.md").read_text()
+    assert "| 2 x 32 | ort-int8-dynamic |" in table and "Masked held-out text" in table
+    assert json.loads((tmp_path / "results" / "t.json").read_text())["name"] == "t"
+    assert any("interleaved" in m for m in messages)
