@@ -33,9 +33,11 @@ BACKENDS = ("auto", "tensorrt", "onnxruntime")
 #: method. Measured on the demo model (held-out masked text, top-1 agreement with the FP32 graph):
 #: everything quantized 94.9% (max) / 94.8% (percentile); keeping layer 0 + the two attention
 #: products + the LM head in float with percentile calibration: 99.5%, MLM accuracy -0.02 points.
-#: README "Design decisions" has the table.
+#: The other task heads (pooler, classifiers, QA span head) are tiny and stay in float the same way.
+#: Patterns that match nothing in a task's graph are skipped. README "Design decisions" has the table.
 DEFAULT_INT8_KEEP_FLOAT: tuple[str, ...] = (
-    "bert.encoder.layer.0.*", "*.attention.self.scores", "*.attention.self.context", "cls.predictions.*")
+    "bert.encoder.layer.0.*", "*.attention.self.scores", "*.attention.self.context", "cls.*",
+    "bert.pooler.*", "classifier", "qa_outputs")
 DEFAULT_CALIBRATION_METHOD = "percentile"
 #: INT8 graph per backend: TensorRT builds the explicit Q/DQ graph; ONNX Runtime CPU runs its own
 #: dynamic-quantization graph (the Q/DQ graph is slower than FP32 there; README "Benchmarks").
@@ -359,11 +361,12 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
             if recipe == "dynamic":
                 say("int8: dynamic recipe for ONNX Runtime CPU (no calibration; --int8-recipe qdq gives "
                     "the TensorRT graph)")
-                kept = quantize_int8_dynamic(fp32_path, graph, keep_float=keep, progress=say).kept_float
+                kept = quantize_int8_dynamic(fp32_path, graph, keep_float=keep, strict=keep_float is not None,
+                                             progress=say).kept_float
             else:
                 batches, calibration_info = calibration_data(tokenizer, calibration, profiles, task, config, say)
                 kept = quantize_int8(fp32_path, graph, batches, method=calibration_method, keep_float=keep,
-                                     progress=say).kept_float
+                                     strict=keep_float is not None, progress=say).kept_float
             if kept:
                 say(f"int8: kept in float: {', '.join(kept)}")
         accuracy: dict = {}

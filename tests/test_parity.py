@@ -17,7 +17,7 @@ from mbert_export.config import preset_config  # noqa: E402
 from mbert_export.modeling import MODEL_CLASSES  # noqa: E402
 from mbert_export.parity import DEFAULT_TEXTS, write_reference_vectors  # noqa: E402
 from mbert_export.runtime.verify import (THRESHOLDS, Thresholds, VerifyReport, compare_outputs,  # noqa: E402
-                                         load_reference, thresholds_for)
+                                         load_reference, pooled_top1, thresholds_for)
 from mbert_export.tasks import TASKS  # noqa: E402
 from mbert_export.tokenization import Tokenizer  # noqa: E402
 
@@ -188,3 +188,27 @@ def test_report_summary_and_verdict():
     assert "start_logits [4, 8]" in text and "FAILED" in text and text.endswith("FAILED")
     assert json.dumps(report.to_dict())
     assert not VerifyReport("art", "b", "mlm", "fp32", Thresholds()).passed  # nothing compared
+
+
+def test_top1_at_given_positions_unjudged_sets_and_pooling():
+    task = TASKS["mlm"]
+    inputs, ref, real = _mlm_case()
+    flipped = ref.copy()
+    best = flipped[0, 0, :real].argmax()
+    flipped[0, 0, (best + 1) % real] = flipped[0, 0, best] + 1.0  # one flip, at position (0, 0)
+    positions = np.zeros(inputs["attention_mask"].shape, bool)
+    positions[0, :3] = True
+    limits = thresholds_for("int8")
+    at = compare_outputs(task, inputs, {"logits": ref}, {"logits": flipped}, limits, real, positions=positions)[0]
+    assert at.top1_count == (2, 3) and not at.passed
+    positions[0, 0] = False
+    assert compare_outputs(task, inputs, {"logits": ref}, {"logits": flipped}, limits, real,
+                           positions=positions)[0].passed
+    unjudged = compare_outputs(task, inputs, {"logits": ref}, {"logits": flipped}, limits, real, judge_top1=False)[0]
+    assert unjudged.passed and unjudged.top1_count == (19, 20)
+    assert 0.99 < unjudged.cosine < 1.0  # logits get a whole-tensor cosine
+    # Pooled over many sets, one flip in 200 decisions meets 99 %; in 20 it does not.
+    clean = compare_outputs(task, inputs, {"logits": ref}, {"logits": ref}, limits, real, judge_top1=False)[0]
+    assert pooled_top1([unjudged] + [clean] * 9, limits)["logits"].passed
+    pooled = pooled_top1([unjudged], limits)["logits"]
+    assert not pooled.passed and "pooled top-1 agreement 95.00% (19/20) < 99.00%" in pooled.failures[0]

@@ -3,8 +3,9 @@
 `reference.npz` (written at export/build time by `mbert_export.parity.write_reference_vectors`)
 holds a few real model inputs and the PyTorch reference outputs for them. `compare_outputs` measures
 how far a runtime's outputs are from them (max / mean absolute error, NaN and inf counts, top-1
-agreement of logits, cosine similarity of hidden states) and judges them against per-precision
-thresholds. The same comparison serves `compare` (two runtimes on the same inputs).
+agreement and cosine similarity) and judges them against per-precision thresholds. The same
+comparison serves `compare` (two runtimes on the same inputs), the parity harness
+(`mbert_export.parity`) and the build's accuracy check (`mbert_export.precision.compare_graphs`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from ..tasks import NUM_CHOICES, SEQUENCE, TEXT_INPUTS, Task
 
 __all__ = ["Thresholds", "THRESHOLDS", "OutputCheck", "VerifyReport", "load_reference", "compare_outputs",
-           "thresholds_for"]
+           "pooled_top1", "thresholds_for"]
 
 INPUT_PREFIX, OUTPUT_PREFIX, META_KEY = "input.", "output.", "meta"
 
@@ -33,7 +34,7 @@ class Thresholds:
     max_abs: float | None = None
     #: Smallest allowed top-1 agreement (fraction) of logits outputs.
     min_top1: float | None = None
-    #: Smallest allowed cosine similarity (worst row) of non-logits outputs (hidden states).
+    #: Smallest allowed cosine similarity: worst row of hidden states, whole tensor of logits.
     min_cosine: float | None = None
 
 
@@ -156,6 +157,8 @@ def _valid_mask(task: Task, name: str, shape: tuple[int, ...], attention_mask: n
 
 def _top1(task: Task, name: str, ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None,
           real_vocab_size: int) -> tuple[int, int]:
+    """(agreeing, counted) argmax decisions: over positions for span logits, over choices for
+    multiple choice, over classes / the real vocabulary otherwise (at the `mask` positions)."""
     axes = task.outputs.get(name, {})
     last = ref.ndim - 1
     if axes.get(last) == SEQUENCE:  # start/end logits: argmax over positions
@@ -175,9 +178,13 @@ def _top1(task: Task, name: str, ref: np.ndarray, got: np.ndarray, mask: np.ndar
     return int(agree.sum()), int(agree.size)
 
 
-def _cosine(ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None) -> float:
+def _cosine(ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None, per_row: bool) -> float:
+    """Cosine similarity: the worst row of the last axis (hidden states), or the whole tensor (logits,
+    whose rows can be a near-zero pair of class scores)."""
     ref = ref.reshape(-1, ref.shape[-1]) if mask is None else ref[mask]
     got = got.reshape(-1, got.shape[-1]) if mask is None else got[mask]
+    if not per_row:
+        ref, got = ref.reshape(1, -1), got.reshape(1, -1)
     dot = (ref * got).sum(-1)
     norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1)
     cos = np.where(norms > 0, dot / np.maximum(norms, 1e-30), 1.0)
@@ -185,8 +192,15 @@ def _cosine(ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None) -> float:
 
 
 def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[str, np.ndarray],
-                    got: dict[str, np.ndarray], thresholds: Thresholds, real_vocab_size: int) -> list[OutputCheck]:
-    """One `OutputCheck` per expected output."""
+                    got: dict[str, np.ndarray], thresholds: Thresholds, real_vocab_size: int, *,
+                    positions: np.ndarray | None = None, judge_top1: bool = True) -> list[OutputCheck]:
+    """One `OutputCheck` per expected output.
+
+    Errors are measured over real tokens (attention mask). Top-1 agreement of token-level logits is
+    counted at `positions` (e.g. the masked positions of MLM text) when given, else at every real
+    token. `judge_top1=False` reports top-1 without judging it (random token ids make near-tied
+    logits, and callers pooling several input sets judge the pooled count instead).
+    """
     attention = np.asarray(inputs["attention_mask"])
     checks = []
     for name, ref in expected.items():
@@ -214,22 +228,49 @@ def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[st
         mean_abs = float(finite.mean()) if finite.size else 0.0
         check = OutputCheck(name, tuple(out.shape), max_abs, mean_abs, nan, inf)
         is_logits = name.endswith("logits")
+        clean = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
         if is_logits:
-            agree, total = _top1(task, name, ref, np.nan_to_num(out, nan=-np.inf), mask, real_vocab_size)
+            where = mask
+            if positions is not None and mask is not None and positions.shape == mask.shape:
+                where = mask & positions.astype(bool)
+            agree, total = _top1(task, name, ref, np.nan_to_num(out, nan=-np.inf), where, real_vocab_size)
             check.top1 = agree / total if total else 1.0
             check.top1_count = (agree, total)
+            vocab = real_vocab_size if name == task.vocab_output else ref.shape[-1]
+            check.cosine = _cosine(ref[..., :vocab], clean[..., :vocab], mask, per_row=False)
         else:
-            check.cosine = _cosine(ref, np.nan_to_num(out), mask)
+            check.cosine = _cosine(ref, clean, mask, per_row=True)
         if nan or inf:
             check.failures.append(f"{nan} NaN and {inf} inf values")
         if thresholds.max_abs is not None and not max_abs <= thresholds.max_abs:
             check.failures.append(f"max abs {max_abs:.2e} > {thresholds.max_abs:.0e}")
-        if is_logits and thresholds.min_top1 is not None and check.top1 < thresholds.min_top1:
+        if is_logits and judge_top1 and thresholds.min_top1 is not None and check.top1 < thresholds.min_top1:
             check.failures.append(f"top-1 agreement {100 * check.top1:.2f}% < {100 * thresholds.min_top1:.2f}%")
-        if not is_logits and thresholds.min_cosine is not None and check.cosine < thresholds.min_cosine:
+        if thresholds.min_cosine is not None and check.cosine < thresholds.min_cosine:
             check.failures.append(f"cosine {check.cosine:.6f} < {thresholds.min_cosine}")
         checks.append(check)
     return checks
+
+
+def pooled_top1(checks: list[OutputCheck], thresholds: Thresholds) -> dict[str, OutputCheck]:
+    """Per output name: top-1 agreement pooled over several input sets, judged against the bar."""
+    pooled: dict[str, OutputCheck] = {}
+    for check in checks:
+        if check.top1_count is None:
+            continue
+        entry = pooled.setdefault(check.name, OutputCheck(check.name, (), 0.0, 0.0, 0, 0, top1_count=(0, 0)))
+        agree, total = entry.top1_count
+        entry.top1_count = (agree + check.top1_count[0], total + check.top1_count[1])
+        entry.max_abs = max(entry.max_abs, check.max_abs)
+        entry.nan += check.nan
+        entry.inf += check.inf
+    for entry in pooled.values():
+        agree, total = entry.top1_count
+        entry.top1 = agree / total if total else 1.0
+        if thresholds.min_top1 is not None and entry.top1 < thresholds.min_top1:
+            entry.failures.append(f"pooled top-1 agreement {100 * entry.top1:.2f}% ({agree}/{total}) < "
+                                  f"{100 * thresholds.min_top1:.2f}%")
+    return pooled
 
 
 def with_overrides(base: Thresholds, overrides: Thresholds | dict[str, Any] | None) -> Thresholds:

@@ -1,0 +1,150 @@
+"""Trained task heads on the demo encoder, for the parity suite.
+
+Random heads give near-tied logits, and no reduced precision keeps the argmax of a near tie, so the
+FP16/INT8 agreement bars are only meaningful on heads that learned something. The demo model
+(models/megatron-bert-demo) ships an MLM head only; here every other head (and the pooler) is
+fitted for a few seconds on simple, learnable labels drawn from the bundled training corpus, with
+the encoder frozen. The labels are not the point (a real fine-tune would differ); confident,
+realistic logits are.
+
+`demo_task_checkpoint(task, folder)` writes a Hugging Face folder (weights, config, tokenizer) for
+`task`; deterministic for a given torch version.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mbert_export.build import DEFAULT_CHECKPOINT
+from mbert_export.calibration import load_passages
+from mbert_export.modeling import MODEL_CLASSES
+from mbert_export.tasks import get_task
+from mbert_export.tokenization import Tokenizer
+
+MAX_LEN = 64
+#: Token labels: a learnable function of the token itself.
+TOKEN_LABELS = {0: "WORD", 1: "SUBWORD", 2: "NUMBER", 3: "PUNCT"}
+DIGIT = re.compile(r"\d")
+
+
+def _passages(count: int, seed: int) -> list[str]:
+    passages = [p for p in load_passages("train") if len(p.split()) >= 6]
+    rng = np.random.default_rng(seed)
+    return [passages[i] for i in rng.choice(len(passages), size=count, replace=False)]
+
+
+def _token_label(token: str) -> int:
+    if token.startswith("##"):
+        return 1
+    if DIGIT.search(token):
+        return 2
+    return 3 if not any(c.isalnum() for c in token) else 0
+
+
+def _examples(task: str, tokenizer: Tokenizer, count: int, seed: int = 0) -> tuple[dict, torch.Tensor]:
+    """(model inputs, labels) for `task`: int64 numpy inputs, torch labels."""
+    texts = _passages(2 * count, seed)
+    firsts, seconds = texts[:count], texts[count:]
+    has_digit = [bool(DIGIT.search(t)) for t in texts]
+    if task == "sequence-classification":  # does the passage contain a number?
+        batch = tokenizer(firsts, max_length=MAX_LEN, truncation=True)
+        return batch, torch.tensor(has_digit[:count], dtype=torch.long)
+    if task == "nsp":  # is segment B the passage that follows A in the corpus, or a random one?
+        corpus = [p for p in load_passages("train") if len(p.split()) >= 6]
+        index = {p: i for i, p in enumerate(corpus)}
+        follows = [corpus[(index[a] + 1) % len(corpus)] for a in firsts]
+        is_random = np.arange(count) % 2 == 1
+        pairs_b = [b if r else f for b, f, r in zip(seconds, follows, is_random)]
+        batch = tokenizer(firsts, pairs_b, max_length=MAX_LEN, truncation=True)
+        return batch, torch.tensor(is_random.astype(np.int64))
+    if task == "token-classification":
+        batch = tokenizer(firsts, max_length=MAX_LEN, truncation=True)
+        vocab = {i: t for t, i in tokenizer.get_vocab().items()}
+        labels = np.vectorize(lambda i: _token_label(vocab[int(i)]))(batch["input_ids"])
+        special = np.isin(batch["input_ids"], tokenizer.all_special_ids) | (batch["attention_mask"] == 0)
+        return batch, torch.from_numpy(np.where(special, -100, labels))
+    if task == "question-answering":  # where is the first number in the context (else [CLS])?
+        batch = tokenizer(["Which number is mentioned?"] * count, firsts, max_length=MAX_LEN, truncation=True)
+        ids, types = batch["input_ids"], batch["token_type_ids"]
+        vocab = {i: t for t, i in tokenizer.get_vocab().items()}
+        digit = np.vectorize(lambda i: bool(DIGIT.search(vocab[int(i)])))(ids) & (types == 1)
+        first = np.where(digit.any(1), digit.argmax(1), 0)
+        end = first.copy()
+        for row, start in enumerate(first):  # extend over the number's word pieces
+            while start and end[row] + 1 < ids.shape[1] and vocab[int(ids[row, end[row] + 1])].startswith("##"):
+                end[row] += 1
+        return batch, torch.from_numpy(np.stack([first, end], 1))
+    if task == "multiple-choice":  # which of four continuations is the passage's real successor?
+        corpus = [p for p in load_passages("train") if len(p.split()) >= 6]
+        index = {p: i for i, p in enumerate(corpus)}
+        rng = np.random.default_rng(seed)
+        choices, labels = [], []
+        for a in firsts:
+            options = list(rng.choice(len(corpus), size=3))
+            answer = int(rng.integers(4))
+            options.insert(answer, (index[a] + 1) % len(corpus))
+            choices.append([corpus[int(o)] for o in options])
+            labels.append(answer)
+        flat = tokenizer([a for a in firsts for _ in range(4)], [c for cs in choices for c in cs],
+                         max_length=MAX_LEN, truncation=True)
+        return {k: v.reshape(count, 4, -1) for k, v in flat.items()}, torch.tensor(labels)
+    raise ValueError(f"no demo head for {task}")
+
+
+def _loss(task: str, model, feeds: dict, labels: torch.Tensor) -> torch.Tensor:
+    out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()
+                   if k in ("input_ids", "attention_mask", "token_type_ids")})
+    ce = torch.nn.functional.cross_entropy
+    if task == "question-answering":
+        return ce(out["start_logits"], labels[:, 0]) + ce(out["end_logits"], labels[:, 1])
+    logits = out["seq_relationship_logits"] if "seq_relationship_logits" in out else out["logits"]
+    if task == "token-classification":
+        return ce(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    return ce(logits, labels)
+
+
+#: Heads this module trains; the others (base, mlm, causal-lm, pretraining's MLM half) use the
+#: demo model's trained LM head / encoder as they are.
+TRAINED_HEADS = {"sequence-classification": {0: "NO_NUMBER", 1: "NUMBER"}, "nsp": None,
+                 "token-classification": TOKEN_LABELS, "question-answering": None, "multiple-choice": None}
+
+
+def demo_task_checkpoint(task: str, folder: Path, steps: int = 150, count: int = 512) -> Path:
+    """Write the demo model with a trained `task` head to `folder` (a Hugging Face folder)."""
+    torch.manual_seed(0)
+    spec = get_task(task)
+    overrides = {"is_decoder": True} if spec.is_decoder else {}
+    model = MODEL_CLASSES[spec.model_class].from_pretrained(DEFAULT_CHECKPOINT, allow_random_head=True, **overrides)
+    tokenizer = Tokenizer.from_pretrained(DEFAULT_CHECKPOINT)
+    head_task = "nsp" if task == "pretraining" else task
+    if head_task in TRAINED_HEADS:
+        labels_map = TRAINED_HEADS[head_task]
+        if labels_map:
+            model = MODEL_CLASSES[spec.model_class].from_pretrained(DEFAULT_CHECKPOINT, allow_random_head=True,
+                                                                    id2label=labels_map)
+        count = count // 2 if head_task == "multiple-choice" else count  # four sequences per example
+        feeds, labels = _examples(head_task, tokenizer, count)
+        body = model.bert
+        for module in (body.embeddings, body.encoder):
+            module.requires_grad_(False)
+        if task == "pretraining":
+            model.cls.predictions.requires_grad_(False)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.Adam(trainable, lr=3e-3)
+        rng = np.random.default_rng(0)
+        model.train()
+        for _ in range(steps):
+            rows = rng.choice(count, size=32, replace=False)
+            loss = _loss(head_task, model, {k: v[rows] for k, v in feeds.items()}, labels[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        model.requires_grad_(True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

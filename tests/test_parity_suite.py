@@ -1,0 +1,110 @@
+"""The parity suite: every task x precision x backend x several shapes against the PyTorch reference.
+
+Each task runs on the demo encoder with a trained head (tests/demo_heads.py; random heads give
+near-tied logits no reduced precision keeps). For every task the FP32 graph is exported once and
+turned into the FP16 graph, TensorRT's INT8 Q/DQ graph and ONNX Runtime CPU's dynamic INT8 graph;
+`mbert_export.parity.compare_checkpoint` then runs the reference and the artifact on held-out
+sentences and on random shapes from 1 x 1 to the artifact's maximum, and judges them with the
+precision's thresholds (fp32: 1e-4 max abs; fp16: top-1 >= 99.9 %; int8: top-1 >= 99 %, pooled
+over the held-out text; cosine and NaN/inf on every set). ONNX Runtime CPU runs here; the
+TensorRT engines of the same graphs are the `gpu`-marked tests at the end.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from demo_heads import demo_task_checkpoint  # noqa: E402
+
+from mbert_export.build import (DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT,  # noqa: E402
+                                build_artifact, calibration_data, load_tokenizer_if_any, make_profiles)
+from mbert_export.export import copy_tokenizer, export_onnx, load_model_for_task  # noqa: E402
+from mbert_export.parity import POOLED_TEXT, compare_checkpoint  # noqa: E402
+from mbert_export.precision import convert_fp16, quantize_int8, quantize_int8_dynamic  # noqa: E402
+from mbert_export.tasks import TASKS  # noqa: E402
+
+GRAPHS = ("fp32", "fp16", "int8-qdq", "int8-dynamic")
+MAX_SEQ = 128
+SAMPLES = 64
+
+
+@pytest.fixture(scope="module")
+def task_artifacts(tmp_path_factory):
+    """task -> (checkpoint folder, {graph kind: artifact folder}), made on first use."""
+    made: dict[str, tuple] = {}
+
+    def make(task: str):
+        if task not in made:
+            root = tmp_path_factory.mktemp(task)
+            checkpoint = demo_task_checkpoint(task, root / "checkpoint")
+            model = load_model_for_task(checkpoint, task)
+            fp32 = export_onnx(model, task, root / "fp32" / "model.onnx", max_seq_len=MAX_SEQ,
+                               tokenizer_dir=checkpoint, verify=False).path
+            batches, _ = calibration_data(load_tokenizer_if_any(checkpoint), None,
+                                          make_profiles([], [f"1,64,{MAX_SEQ}"], MAX_SEQ), TASKS[task],
+                                          model.config, lambda message: None)
+            graphs = {
+                "fp32": fp32,
+                "fp16": convert_fp16(fp32, root / "fp16" / "model.onnx").path,
+                "int8-qdq": quantize_int8(fp32, root / "int8-qdq" / "model.onnx", batches,
+                                          method=DEFAULT_CALIBRATION_METHOD, keep_float=DEFAULT_INT8_KEEP_FLOAT,
+                                          strict=False).path,
+                "int8-dynamic": quantize_int8_dynamic(fp32, root / "int8-dynamic" / "model.onnx",
+                                                      keep_float=DEFAULT_INT8_KEEP_FLOAT, strict=False).path,
+            }
+            for path in graphs.values():
+                copy_tokenizer(checkpoint, path.parent)
+            made[task] = (checkpoint, {kind: path.parent for kind, path in graphs.items()})
+        return made[task]
+
+    return make
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize("task", list(TASKS))
+def test_onnxruntime_artifact_matches_the_reference(task_artifacts, task, graph, tmp_path):
+    checkpoint, artifacts = task_artifacts(task)
+    result = compare_checkpoint(checkpoint, artifacts[graph], samples=SAMPLES, report=tmp_path / "parity.json")
+    failures = [f"{r['inputs']} {r['output']}: {f}" for r in result["rows"] for f in r["failures"]]
+    assert result["passed"], "\n".join(failures)
+    assert result["precision"] == graph.split("-")[0]
+    inputs = {r["inputs"] for r in result["rows"]}
+    assert "random batch 1 x seq 1" in inputs and any(f"x seq {MAX_SEQ}" in name for name in inputs)
+    assert sum(name.startswith("held-out text") for name in inputs) >= 2
+    outputs = set(TASKS[task].output_names)
+    assert {r["output"] for r in result["rows"]} == outputs
+    logits = {name for name in outputs if name.endswith("logits")}
+    pooled = {r["output"]: r for r in result["rows"] if r["inputs"] == POOLED_TEXT}
+    assert set(pooled) == logits  # every logits output judged on held-out text
+    assert all(r["top1_count"][1] >= 32 for r in pooled.values())
+    assert (tmp_path / "parity.md").read_text().count("|") > 20
+
+
+def test_a_damaged_artifact_fails_parity(task_artifacts, tmp_path):
+    """The harness can fail: an artifact whose head weights differ from the checkpoint's."""
+    checkpoint, _ = task_artifacts("sequence-classification")
+    _, other = task_artifacts("nsp")  # same shapes and label count, different head weights
+    result = compare_checkpoint(checkpoint, other["fp32"], samples=8)
+    assert not result["passed"]
+    assert any("max abs" in f for r in result["rows"] for f in r["failures"])
+
+
+# ---------------------------------------------------------------------------- TensorRT engines
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("task", list(TASKS))
+def test_tensorrt_engine_matches_the_reference(task_artifacts, task, precision, tmp_path):
+    """Strongly typed engines of the same graphs, through TRTMegatronBert. Needs TensorRT and a GPU."""
+    from mbert_export.build import tensorrt_status
+
+    usable, reason = tensorrt_status()
+    if not usable:
+        pytest.skip(f"TensorRT engines need TensorRT and an NVIDIA GPU: {reason}")
+    checkpoint, _ = task_artifacts(task)
+    built = build_artifact(task, precision, checkpoint=checkpoint, output_dir=tmp_path / precision,
+                           backend="tensorrt", batch=["1,4,8"], seq=[f"1,64,{MAX_SEQ}"], choices="2,4,4")
+    result = compare_checkpoint(checkpoint, built.folder, samples=SAMPLES, backend="tensorrt")
+    assert result["passed"], [f for r in result["rows"] for f in r["failures"]]
