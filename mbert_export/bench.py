@@ -127,8 +127,9 @@ def bench_shape(runners: dict, feeds: dict, warmup: int, repeats: int, budget_s:
     """Interleaved timing of every runner on one input; top-1 agreement with the reference."""
     outputs = {}
     for name, run in runners.items():
-        for _ in range(warmup):
-            outputs[name] = run(feeds)
+        for _ in range(max(1, warmup)):
+            # Predictions only: the logits of six backends at 345M x 32 x 384 (1.4 GB each) ran out of RAM.
+            outputs[name] = run(feeds).argmax(-1)
     times: dict[str, list[float]] = {name: [] for name in runners}
     start = time.perf_counter()
     for round_index in range(repeats):
@@ -147,7 +148,7 @@ def bench_shape(runners: dict, feeds: dict, warmup: int, repeats: int, budget_s:
         row = {"median_ms": median * 1e3, "p90_ms": _percentile(values, 90) * 1e3,
                "p99_ms": _percentile(values, 99) * 1e3, "sequences_per_s": batch / median, "rounds": len(values)}
         if reference is not None:
-            row["top1_agreement"] = float((outputs[name].argmax(-1) == reference.argmax(-1)).mean())
+            row["top1_agreement"] = float((outputs[name] == reference).mean())
         rows[name] = row
     if REFERENCE in rows:
         for row in rows.values():
@@ -201,21 +202,21 @@ def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BAC
     graphs = prepare_graphs(model, model_name, checkpoint, backends, say)
     runners = make_runners(model, graphs, backends, threads, say)
     rng = np.random.default_rng(0)
-    results = []
+    report = {"name": name, "model": model_name, "threads": threads, "warmup": warmup, "repeats": repeats,
+              "machine": {"cpu": platform.processor() or platform.machine(), "cores": _cores(),
+                          "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+              "results": [], "held_out_agreement": None}
     for batch in batches:
         for seq in seqs:
             say(f"bench: batch {batch} x seq {seq} ({len(runners)} backends, interleaved)")
             ids = rng.integers(5, model.config.real_vocab_size, size=(batch, seq), dtype=np.int64)
             feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
             rows = bench_shape(runners, feeds, warmup, repeats, budget_s, say)
-            results.append({"batch": batch, "sequence": seq, "backends": rows})
-    agreement = None
+            report["results"].append({"batch": batch, "sequence": seq, "backends": rows})
+            write_report(report, say, quiet=True)  # partial results survive an interrupted run
     if checkpoint is not None and ((checkpoint / "vocab.txt").exists() or (checkpoint / "tokenizer.json").exists()):
-        agreement = held_out_agreement(runners, checkpoint, model.config.real_vocab_size, max_pos, say)
-    report = {"name": name, "model": model_name, "threads": threads, "warmup": warmup, "repeats": repeats,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": _cores(),
-                          "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
-              "results": results, "held_out_agreement": agreement}
+        report["held_out_agreement"] = held_out_agreement(runners, checkpoint, model.config.real_vocab_size,
+                                                          max_pos, say)
     write_report(report, say)
     return report
 
@@ -249,8 +250,8 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, say: Progress) -> None:
-    """benchmarks/results/<name>.json, .md and .png (speedup per backend and shape)."""
+def write_report(report: dict, say: Progress, quiet: bool = False) -> None:
+    """benchmarks/results/<name>.json, .md and .png (speedup per backend and shape); `quiet`: no table."""
     from .fileio import atomic_write_text
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
@@ -258,7 +259,8 @@ def write_report(report: dict, say: Progress) -> None:
     atomic_write_text(base.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     table = markdown_table(report)
     atomic_write_text(base.with_suffix(".md"), table)
-    say(table)
+    if not quiet:
+        say(table)
     try:
         import matplotlib
 

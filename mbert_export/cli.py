@@ -237,7 +237,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         description="With --checkpoint: run the PyTorch reference and the artifact on the same inputs (real "
                     "held-out sentences and random shapes up to the artifact's maximum) and judge every "
                     "output by the thresholds of the artifact's precision (fp32: 1e-4 max abs; fp16: 99.9%% "
-                    "top-1; int8: 99%% top-1); --report writes JSON and markdown. With --reference-artifact: "
+                    "top-1 and cosine 0.999; int8: 99%% top-1 and cosine 0.99; top-1 pooled over the held-out "
+                    "sentences, reported but not judged on random ids); --report writes JSON and markdown. "
+                    "With --reference-artifact: "
                     "compare two artifacts on the reference inputs. Exits 1 on failure.")
     p.add_argument("--artifact", required=True, help="artifact folder, model.onnx or engine.plan")
     source = p.add_mutually_exclusive_group(required=True)
@@ -284,6 +286,7 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", default="1,8,32", help="batch sizes (default 1,8,32)")
     p.add_argument("--seq", default="128,384", help="sequence lengths (default 128,384)")
     p.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls per backend and shape (default 2)")
     p.add_argument("--repeats", type=int, default=20, help="interleaved rounds per shape (default 20)")
     p.add_argument("--budget", type=float, default=60.0, help="max seconds of timed rounds per shape")
     p.add_argument("--name", help="result file name (default bench-MODEL)")
@@ -297,8 +300,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return [int(v) for v in text.split(",") if v]
 
     run_benchmark(args.model, backends=args.backends.split(","), batches=ints(args.batch), seqs=ints(args.seq),
-                  threads=args.threads, repeats=args.repeats, budget_s=args.budget, name=args.name,
-                  progress=progress)
+                  threads=args.threads, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget,
+                  name=args.name, progress=progress)
     return 0
 
 

@@ -4,6 +4,13 @@
 and writes `folder/reference.npz`. Wherever the artifact is deployed, the torch-free runtime checks
 itself against it: `OrtMegatronBert(folder).verify()` / `TRTMegatronBert(folder).verify()` (see
 `mbert_export.runtime.verify` for the file layout and the per-precision thresholds).
+
+`compare_checkpoint` (`mbert-export compare --checkpoint`) is the parity harness: reference and
+artifact on held-out sentences and random shapes, judged per precision. The judging is
+runtime.verify's `compare_outputs`, not Polygraphy's comparator: Polygraphy checks element-wise
+abs/rel tolerances and top-k indices per output, but the precision bars need agreement counted
+only at real tokens (or masked positions), padded vocabulary rows excluded, and counts pooled
+across input sets; and the deployed runtime must judge without Polygraphy installed.
 """
 
 from __future__ import annotations
@@ -207,8 +214,8 @@ def compare_checkpoint(checkpoint: str | os.PathLike, artifact: str | os.PathLik
 
 def _row(inputs: str, check) -> dict:
     return {"inputs": inputs, "output": check.name, "max_abs": check.max_abs, "mean_abs": check.mean_abs,
-            "top1": check.top1, "top1_count": check.top1_count, "cosine": check.cosine, "nan": check.nan,
-            "inf": check.inf, "failures": check.failures}
+            "top1": check.top1, "top1_count": check.top1_count, "top5": check.top5, "cosine": check.cosine,
+            "nan": check.nan, "inf": check.inf, "failures": check.failures}
 
 
 def parity_markdown(result: dict) -> str:
@@ -216,13 +223,15 @@ def parity_markdown(result: dict) -> str:
     lines = [f"Parity of `{result['artifact']}` ({result['task']}, {result['precision']}, {result['backend']}) "
              f"against the PyTorch reference of `{result['checkpoint']}`: "
              f"**{'PASSED' if result['passed'] else 'FAILED'}**", "",
-             "| inputs | output | max abs | mean abs | top-1 | cosine | NaN/inf | verdict |", "|---|---|---|---|---|---|---|---|"]
+             "| inputs | output | max abs | mean abs | top-1 | top-5 overlap | cosine | NaN/inf | verdict |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         top1 = f"{r['top1']:.2%}" if r["top1"] is not None else "-"
         cosine = f"{r['cosine']:.6f}" if r["cosine"] is not None else "-"
         if r["top1_count"] and r["inputs"] == POOLED_TEXT:
             top1 += " ({}/{})".format(*r["top1_count"])
         verdict = "ok" if not r["failures"] else "; ".join(r["failures"])
+        top5 = f"{r['top5']:.2%}" if r.get("top5") is not None else "-"
         lines.append(f"| {r['inputs']} | {r['output']} | {r['max_abs']:.2e} | {r['mean_abs']:.2e} | {top1} | "
-                     f"{cosine} | {r['nan']}/{r['inf']} | {verdict} |")
+                     f"{top5} | {cosine} | {r['nan']}/{r['inf']} | {verdict} |")
     return "\n".join(lines) + "\n"

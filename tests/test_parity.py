@@ -212,3 +212,17 @@ def test_top1_at_given_positions_unjudged_sets_and_pooling():
     assert pooled_top1([unjudged] + [clean] * 9, limits)["logits"].passed
     pooled = pooled_top1([unjudged], limits)["logits"]
     assert not pooled.passed and "pooled top-1 agreement 95.00% (19/20) < 99.00%" in pooled.failures[0]
+
+
+def test_top5_overlap_counts_shared_candidates():
+    task = TASKS["mlm"]
+    inputs, ref, real = _mlm_case()
+    got = ref.copy()
+    got[0, 0, ref[0, 0, :real].argmax()] = -100.0  # the best candidate of one position drops out
+    check = compare_outputs(task, inputs, {"logits": ref}, {"logits": got}, thresholds_for("int8"), real)[0]
+    assert check.top1_count == (19, 20)
+    assert check.top5 == pytest.approx(1 - 1 / (5 * 20))  # 4 of 5 shared at one position of 20
+    assert "top-5 overlap 99.00%" in check.line()
+    two_class = compare_outputs(TASKS["sequence-classification"], inputs, {"logits": ref[:, 0, :2]},
+                                {"logits": ref[:, 0, :2]}, thresholds_for("int8"), real)[0]
+    assert two_class.top5 is None and two_class.top1 == 1.0

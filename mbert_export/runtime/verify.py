@@ -66,6 +66,8 @@ class OutputCheck:
     inf: int
     top1: float | None = None
     top1_count: tuple[int, int] | None = None
+    #: Mean share of the reference's top-5 candidates among the runtime's top-5 (outputs with > 5).
+    top5: float | None = None
     cosine: float | None = None
     failures: list[str] = field(default_factory=list)
 
@@ -78,6 +80,8 @@ class OutputCheck:
         if self.top1 is not None:
             agree, total = self.top1_count
             parts.append(f"top-1 {100 * self.top1:.2f}% ({agree}/{total})")
+        if self.top5 is not None:
+            parts.append(f"top-5 overlap {100 * self.top5:.2f}%")
         if self.cosine is not None:
             parts.append(f"cosine >= {self.cosine:.6f}")
         if self.nan or self.inf:
@@ -155,27 +159,32 @@ def _valid_mask(task: Task, name: str, shape: tuple[int, ...], attention_mask: n
     return None
 
 
-def _top1(task: Task, name: str, ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None,
-          real_vocab_size: int) -> tuple[int, int]:
-    """(agreeing, counted) argmax decisions: over positions for span logits, over choices for
-    multiple choice, over classes / the real vocabulary otherwise (at the `mask` positions)."""
+def _decisions(task: Task, name: str, ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None,
+               real_vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The argmax decisions of a logits output as [decisions, candidates] score matrices: over
+    positions for span logits (real tokens only), over choices for multiple choice, over classes /
+    the real vocabulary otherwise (at the `mask` positions)."""
     axes = task.outputs.get(name, {})
     last = ref.ndim - 1
     if axes.get(last) == SEQUENCE:  # start/end logits: argmax over positions
         if mask is not None:
             ref = np.where(mask, ref, -np.inf)
             got = np.where(mask, got, -np.inf)
-        agree = ref.argmax(-1) == got.argmax(-1)
-        return int(agree.sum()), int(agree.size)
-    if axes.get(last) == NUM_CHOICES:
-        agree = ref.argmax(-1) == got.argmax(-1)
-        return int(agree.sum()), int(agree.size)
-    if name == task.vocab_output:
+    elif name == task.vocab_output:
         ref, got = ref[..., :real_vocab_size], got[..., :real_vocab_size]
-    agree = ref.argmax(-1) == got.argmax(-1)
-    if mask is not None:
-        agree = agree[mask]
-    return int(agree.sum()), int(agree.size)
+    if mask is not None and axes.get(last) not in (SEQUENCE, NUM_CHOICES):
+        ref, got = ref[mask], got[mask]
+    return ref.reshape(-1, ref.shape[-1]), got.reshape(-1, got.shape[-1])
+
+
+def _topk_overlap(ref: np.ndarray, got: np.ndarray, k: int = 5) -> float | None:
+    """Mean share of the reference's top-k candidates among the artifact's top-k (None: <= k candidates)."""
+    if ref.shape[-1] <= k or not ref.shape[0]:
+        return None
+    top_ref = np.argpartition(-ref, k, axis=-1)[:, :k]
+    top_got = np.argpartition(-got, k, axis=-1)[:, :k]
+    shared = (top_ref[:, :, None] == top_got[:, None, :]).any(-1).sum(-1)
+    return float(shared.mean() / k)
 
 
 def _cosine(ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None, per_row: bool) -> float:
@@ -233,9 +242,12 @@ def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[st
             where = mask
             if positions is not None and mask is not None and positions.shape == mask.shape:
                 where = mask & positions.astype(bool)
-            agree, total = _top1(task, name, ref, np.nan_to_num(out, nan=-np.inf), where, real_vocab_size)
+            ref_scores, got_scores = _decisions(task, name, ref, np.nan_to_num(out, nan=-np.inf), where,
+                                                real_vocab_size)
+            agree, total = int((ref_scores.argmax(-1) == got_scores.argmax(-1)).sum()), len(ref_scores)
             check.top1 = agree / total if total else 1.0
             check.top1_count = (agree, total)
+            check.top5 = _topk_overlap(ref_scores, got_scores)
             vocab = real_vocab_size if name == task.vocab_output else ref.shape[-1]
             check.cosine = _cosine(ref[..., :vocab], clean[..., :vocab], mask, per_row=False)
         else:
