@@ -189,13 +189,14 @@ def _topk_overlap(ref: np.ndarray, got: np.ndarray, k: int = 5) -> float | None:
 
 def _cosine(ref: np.ndarray, got: np.ndarray, mask: np.ndarray | None, per_row: bool) -> float:
     """Cosine similarity: the worst row of the last axis (hidden states), or the whole tensor (logits,
-    whose rows can be a near-zero pair of class scores)."""
+    whose rows can be a near-zero pair of class scores). float32 data, float64 sums."""
     ref = ref.reshape(-1, ref.shape[-1]) if mask is None else ref[mask]
     got = got.reshape(-1, got.shape[-1]) if mask is None else got[mask]
     if not per_row:
         ref, got = ref.reshape(1, -1), got.reshape(1, -1)
-    dot = (ref * got).sum(-1)
-    norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(got, axis=-1)
+    dot = np.einsum("ij,ij->i", ref, got, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", ref, ref, dtype=np.float64) * np.einsum("ij,ij->i", got, got,
+                                                                                  dtype=np.float64))
     cos = np.where(norms > 0, dot / np.maximum(norms, 1e-30), 1.0)
     return float(cos.min()) if cos.size else 1.0
 
@@ -218,8 +219,9 @@ def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[st
             check.failures.append("the runtime did not produce this output")
             checks.append(check)
             continue
-        ref = np.asarray(ref, dtype=np.float64)
-        out = np.asarray(got[name]).astype(np.float64)
+        # float32 (the outputs' own type): float64 copies of 345M MLM logits at 32 x 512 need 4 GB each.
+        ref = np.asarray(ref, dtype=np.float32)
+        out = np.asarray(got[name], dtype=np.float32)
         if out.shape != ref.shape:
             check = OutputCheck(name, tuple(out.shape), math.inf, math.inf, 0, 0)
             check.failures.append(f"shape {list(out.shape)} differs from the reference {list(ref.shape)}")
@@ -234,7 +236,7 @@ def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[st
         max_abs = float(diff.max()) if diff.size else 0.0
         if nan:
             max_abs = math.nan
-        mean_abs = float(finite.mean()) if finite.size else 0.0
+        mean_abs = float(finite.mean(dtype=np.float64)) if finite.size else 0.0
         check = OutputCheck(name, tuple(out.shape), max_abs, mean_abs, nan, inf)
         is_logits = name.endswith("logits")
         clean = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
