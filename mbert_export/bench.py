@@ -177,15 +177,12 @@ def held_out_agreement(runners: dict, checkpoint: Path, real_vocab_size: int, ma
             predictions[name].append(run(feeds)[..., :real_vocab_size].argmax(-1))
     masks = [batch["labels"] != -100 for batch in examples]
     labels = np.concatenate([batch["labels"][m] for batch, m in zip(examples, masks)])
-    rows = {}
-    for name, preds in predictions.items():
-        picked = np.concatenate([p[m] for p, m in zip(preds, masks)])
-        rows[name] = {"mlm_accuracy": float((picked == labels).mean()), "positions": int(labels.size)}
-    if REFERENCE in predictions:
-        reference = np.concatenate([p[m] for p, m in zip(predictions[REFERENCE], masks)])
-        for name, preds in predictions.items():
-            picked = np.concatenate([p[m] for p, m in zip(preds, masks)])
-            rows[name]["top1_agreement"] = float((picked == reference).mean())
+    picked = {name: np.concatenate([p[m] for p, m in zip(preds, masks)]) for name, preds in predictions.items()}
+    rows = {name: {"mlm_accuracy": float((p == labels).mean()), "positions": int(labels.size)}
+            for name, p in picked.items()}
+    if REFERENCE in picked:
+        for name, p in picked.items():
+            rows[name]["top1_agreement"] = float((p == picked[REFERENCE]).mean())
     return rows
 
 

@@ -14,6 +14,7 @@ realistic logits are.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,15 @@ TOKEN_LABELS = {0: "WORD", 1: "SUBWORD", 2: "NUMBER", 3: "PUNCT"}
 DIGIT = re.compile(r"\d")
 
 
-def _passages(count: int, seed: int) -> list[str]:
+@lru_cache(maxsize=1)
+def _corpus() -> tuple[list[str], dict[str, int]]:
+    """Training passages of six words or more, and each passage's index (to find its successor)."""
     passages = [p for p in load_passages("train") if len(p.split()) >= 6]
+    return passages, {p: i for i, p in enumerate(passages)}
+
+
+def _passages(count: int, seed: int) -> list[str]:
+    passages, _ = _corpus()
     rng = np.random.default_rng(seed)
     return [passages[i] for i in rng.choice(len(passages), size=count, replace=False)]
 
@@ -50,12 +58,12 @@ def _examples(task: str, tokenizer: Tokenizer, count: int, seed: int = 0) -> tup
     texts = _passages(2 * count, seed)
     firsts, seconds = texts[:count], texts[count:]
     has_digit = [bool(DIGIT.search(t)) for t in texts]
+    corpus, index = _corpus()
+    vocab = {i: t for t, i in tokenizer.get_vocab().items()}
     if task == "sequence-classification":  # does the passage contain a number?
         batch = tokenizer(firsts, max_length=MAX_LEN, truncation=True)
         return batch, torch.tensor(has_digit[:count], dtype=torch.long)
     if task == "nsp":  # is segment B the passage that follows A in the corpus, or a random one?
-        corpus = [p for p in load_passages("train") if len(p.split()) >= 6]
-        index = {p: i for i, p in enumerate(corpus)}
         follows = [corpus[(index[a] + 1) % len(corpus)] for a in firsts]
         is_random = np.arange(count) % 2 == 1
         pairs_b = [b if r else f for b, f, r in zip(seconds, follows, is_random)]
@@ -63,14 +71,12 @@ def _examples(task: str, tokenizer: Tokenizer, count: int, seed: int = 0) -> tup
         return batch, torch.tensor(is_random.astype(np.int64))
     if task == "token-classification":
         batch = tokenizer(firsts, max_length=MAX_LEN, truncation=True)
-        vocab = {i: t for t, i in tokenizer.get_vocab().items()}
         labels = np.vectorize(lambda i: _token_label(vocab[int(i)]))(batch["input_ids"])
         special = np.isin(batch["input_ids"], tokenizer.all_special_ids) | (batch["attention_mask"] == 0)
         return batch, torch.from_numpy(np.where(special, -100, labels))
     if task == "question-answering":  # where is the first number in the context (else [CLS])?
         batch = tokenizer(["Which number is mentioned?"] * count, firsts, max_length=MAX_LEN, truncation=True)
         ids, types = batch["input_ids"], batch["token_type_ids"]
-        vocab = {i: t for t, i in tokenizer.get_vocab().items()}
         digit = np.vectorize(lambda i: bool(DIGIT.search(vocab[int(i)])))(ids) & (types == 1)
         first = np.where(digit.any(1), digit.argmax(1), 0)
         end = first.copy()
@@ -79,8 +85,6 @@ def _examples(task: str, tokenizer: Tokenizer, count: int, seed: int = 0) -> tup
                 end[row] += 1
         return batch, torch.from_numpy(np.stack([first, end], 1))
     if task == "multiple-choice":  # which of four continuations is the passage's real successor?
-        corpus = [p for p in load_passages("train") if len(p.split()) >= 6]
-        index = {p: i for i, p in enumerate(corpus)}
         rng = np.random.default_rng(seed)
         choices, labels = [], []
         for a in firsts:
@@ -117,15 +121,13 @@ def demo_task_checkpoint(task: str, folder: Path, steps: int = 150, count: int =
     """Write the demo model with a trained `task` head to `folder` (a Hugging Face folder)."""
     torch.manual_seed(0)
     spec = get_task(task)
+    head_task = "nsp" if task == "pretraining" else task
     overrides = {"is_decoder": True} if spec.is_decoder else {}
+    if TRAINED_HEADS.get(head_task):
+        overrides["id2label"] = TRAINED_HEADS[head_task]
     model = MODEL_CLASSES[spec.model_class].from_pretrained(DEFAULT_CHECKPOINT, allow_random_head=True, **overrides)
     tokenizer = Tokenizer.from_pretrained(DEFAULT_CHECKPOINT)
-    head_task = "nsp" if task == "pretraining" else task
     if head_task in TRAINED_HEADS:
-        labels_map = TRAINED_HEADS[head_task]
-        if labels_map:
-            model = MODEL_CLASSES[spec.model_class].from_pretrained(DEFAULT_CHECKPOINT, allow_random_head=True,
-                                                                    id2label=labels_map)
         count = count // 2 if head_task == "multiple-choice" else count  # four sequences per example
         feeds, labels = _examples(head_task, tokenizer, count)
         body = model.bert
