@@ -50,7 +50,7 @@ def load_model(model: str, progress: Progress):
 
 def prepare_graphs(model, name: str, checkpoint: Path | None, backends: Sequence[str], progress: Progress) -> dict:
     """FP32 / FP16 / INT8 graphs for the ONNX Runtime backends, cached under benchmarks/artifacts/."""
-    from .build import DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT
+    from .build import DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE
     from .export import export_onnx, sample_inputs
     from .precision import convert_fp16, quantize_int8, quantize_int8_dynamic
     from .tasks import get_task
@@ -80,7 +80,7 @@ def prepare_graphs(model, name: str, checkpoint: Path | None, backends: Sequence
                       keep_float=DEFAULT_INT8_KEEP_FLOAT, strict=False, progress=progress)
     if "ort-int8-dynamic" in wanted and not graphs["ort-int8-dynamic"].exists():
         quantize_int8_dynamic(graphs["ort-fp32"], graphs["ort-int8-dynamic"], keep_float=DEFAULT_INT8_KEEP_FLOAT,
-                              strict=False, progress=progress)
+                              rescore=DEFAULT_INT8_RESCORE, strict=False, progress=progress)
     return {k: v for k, v in graphs.items() if k in wanted}
 
 

@@ -134,6 +134,38 @@ def test_cpu_int8_recipe_quantizes_linears_dynamically_and_reports_what_stayed_f
     assert not (tmp_path / "b.onnx").exists()
 
 
+def test_rescored_int8_decoder_has_an_exact_top(fp32_graph, tmp_path):
+    """The tied decoder in int8 with each token's top 8 recomputed in FP32 (everything else kept in
+    float to isolate it): its Transpose and float MatMul are gone, the top scores equal FP32's, the
+    rest carry int8 error only."""
+    everything = sorted(set(matmul_scopes(onnx.load(fp32_graph)).values()))
+    result = quantize_int8_dynamic(fp32_graph, tmp_path / "model.onnx", keep_float=everything,
+                                   rescore=["cls.predictions.decoder"])
+    assert result.details["rescore"] == ["cls.predictions.decoder"]
+    assert "cls.predictions.decoder" not in result.kept_float
+    graph = onnx.load(result.path)
+    decoder_ops = [n.op_type for n in graph.graph.node if "rescored" in n.name]
+    assert decoder_ops.count("MatMulInteger") == 1 and {"TopK", "ScatterElements"} <= set(decoder_ops)
+    assert [n.op_type for n in graph.graph.node].count("Transpose") == [
+        n.op_type for n in onnx.load(fp32_graph).graph.node].count("Transpose") - 1
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(meta["mbert_export.int8_rescore"]) == ["cls.predictions.decoder"]
+    feeds = _feeds(preset_config("tiny"), 2, 16)
+    reference = ort.InferenceSession(str(fp32_graph)).run(None, feeds)[0]
+    got = ort.InferenceSession(str(result.path)).run(None, feeds)[0]
+    top5 = np.argsort(-reference, axis=-1)[..., :5]
+    np.testing.assert_allclose(np.take_along_axis(got, top5, -1), np.take_along_axis(reference, top5, -1),
+                               rtol=1e-5, atol=1e-5)
+    assert (np.argsort(-got, axis=-1)[..., :5] == top5).all()
+    # int8 scores elsewhere: ~0.4% weight rounding; a wrong scale axis would be orders larger.
+    assert 0 < np.abs(got - reference).max() <= 0.02 * np.abs(reference).max()
+    with pytest.raises(PrecisionError, match="--int8-rescore 'no.such' matches no MatMul"):
+        quantize_int8_dynamic(fp32_graph, tmp_path / "b.onnx", rescore=["no.such"])
+    with pytest.raises(PrecisionError, match="no constant weight"):
+        quantize_int8_dynamic(fp32_graph, tmp_path / "b.onnx", rescore=["bert.encoder.layer.1.attention.self.scores"])
+    assert not (tmp_path / "b.onnx").exists()
+
+
 def test_tensorrt_backend_refuses_the_cpu_int8_recipe(checkpoint, tmp_path):
     with pytest.raises(BuildError, match="unknown INT8 recipe"):
         build_artifact("mlm", "int8", checkpoint=checkpoint, output_dir=tmp_path / "x", backend="onnxruntime",
@@ -141,6 +173,9 @@ def test_tensorrt_backend_refuses_the_cpu_int8_recipe(checkpoint, tmp_path):
     with pytest.raises(BuildError, match="TensorRT builds only the Q/DQ INT8 graph"):
         build_artifact("mlm", "int8", checkpoint=checkpoint, output_dir=tmp_path / "x", backend="tensorrt",
                        int8_recipe="dynamic")
+    with pytest.raises(BuildError, match="--int8-rescore applies to the dynamic INT8 recipe only"):
+        build_artifact("mlm", "int8", checkpoint=checkpoint, output_dir=tmp_path / "x", backend="onnxruntime",
+                       int8_recipe="qdq", int8_rescore=["cls.predictions.decoder"])
     assert not (tmp_path / "x").exists()
 
 
@@ -255,7 +290,9 @@ def test_demo_model_meets_the_precision_bars(tmp_path, precision, recipe):
     assert all(accuracy[n]["logits"]["nonfinite"] == 0 for n in accuracy)
     if precision == "int8":
         assert result.sidecar["int8_recipe"] == recipe
-        assert "cls.predictions.decoder" in result.sidecar["kept_float"]
+        assert ("cls.predictions.decoder" in result.sidecar["kept_float"]) == (recipe == "qdq")
+        if recipe == "dynamic":  # the decoder runs in int8 with an exact top instead
+            assert result.sidecar["int8_rescore"] == ["cls.predictions.decoder"]
         ops = {n.op_type for n in onnx.load(result.folder / "model.onnx").graph.node}
         assert ("QuantizeLinear" in ops) == (recipe == "qdq") and ("MatMulInteger" in ops) == (recipe == "dynamic")
         if recipe == "qdq":

@@ -19,7 +19,7 @@ pytest.importorskip("onnxruntime")
 
 from demo_heads import demo_task_checkpoint  # noqa: E402
 
-from mbert_export.build import (DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT,  # noqa: E402
+from mbert_export.build import (DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE,  # noqa: E402
                                 build_artifact, calibration_data, load_tokenizer_if_any, make_profiles)
 from mbert_export.export import copy_tokenizer, export_onnx, load_model_for_task  # noqa: E402
 from mbert_export.parity import POOLED_TEXT, compare_checkpoint  # noqa: E402
@@ -53,7 +53,8 @@ def task_artifacts(tmp_path_factory):
                                           method=DEFAULT_CALIBRATION_METHOD, keep_float=DEFAULT_INT8_KEEP_FLOAT,
                                           strict=False).path,
                 "int8-dynamic": quantize_int8_dynamic(fp32, root / "int8-dynamic" / "model.onnx",
-                                                      keep_float=DEFAULT_INT8_KEEP_FLOAT, strict=False).path,
+                                                      keep_float=DEFAULT_INT8_KEEP_FLOAT,
+                                                      rescore=DEFAULT_INT8_RESCORE, strict=False).path,
             }
             for path in graphs.values():
                 copy_tokenizer(checkpoint, path.parent)
