@@ -319,7 +319,7 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: It
         quantize_dynamic(str(src), str(staged), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"], nodes_to_exclude=sorted(excluded),
                          use_external_data_format=large)
-        model = onnx.load(str(staged))
+        model = _fuse_gelu(onnx.load(str(staged)))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     rescored = _rescored_int8(model, rescore, strict, say)
@@ -330,6 +330,35 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: It
     _save(model, output)
     return PrecisionResult(output, "int8", time.perf_counter() - start, kept_float=kept,
                            details={"int8_recipe": "dynamic", "rescore": rescored})
+
+
+def _fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
+    """GELU subgraphs -> ONNX Runtime's fused Gelu / FastGelu kernels, by its transformer optimizer.
+
+    GELU fusions only: its attention fusion does not match dynamo-exported graphs, and its
+    SkipLayerNormalization ran no faster here. The tanh GELU of the 345M preset is left unfused by
+    ONNX Runtime's session optimizer; fused, the INT8 call at 1 x 128 is ~4% faster.
+    """
+    import logging
+
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    for name in vars(options):
+        if name.startswith("enable_") and name not in ("enable_gelu", "enable_bias_gelu"):
+            setattr(options, name, False)
+    optimizer_log = logging.getLogger("onnxruntime.transformers.optimizer")
+    level = optimizer_log.level
+    optimizer_log.setLevel(logging.ERROR)  # "model producer not matched": expected, ours is mbert-export
+    try:
+        fused = optimize_model(model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                               optimization_options=options).model
+    finally:
+        optimizer_log.setLevel(level)
+    if not any(o.domain == "com.microsoft" for o in fused.opset_import):  # the fused ops' domain
+        fused.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return fused
 
 
 def _constant_matrix(model: onnx.ModelProto, name: str) -> tuple[np.ndarray, str | None] | None:
