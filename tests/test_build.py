@@ -134,6 +134,27 @@ def test_cpu_int8_recipe_quantizes_linears_dynamically_and_reports_what_stayed_f
     assert not (tmp_path / "b.onnx").exists()
 
 
+@pytest.mark.parametrize("activation,kernel", [("gelu", "Gelu"), ("gelu_new", "FastGelu")])
+def test_cpu_int8_recipe_fuses_gelu_without_changing_it(tmp_path, activation, kernel):
+    """Both GELU forms (erf; tanh, the 345M preset's) become ONNX Runtime's fused kernels; with every
+    Linear kept in float the graph still computes what the FP32 graph computes."""
+    import torch
+
+    torch.manual_seed(0)
+    model = modeling.MegatronBertForMaskedLM(preset_config("tiny", hidden_act=activation)).eval()
+    fp32 = export_onnx(model, "mlm", tmp_path / "fp32" / "model.onnx", verify=False).path
+    everything = sorted(set(matmul_scopes(onnx.load(fp32)).values()))
+    result = quantize_int8_dynamic(fp32, tmp_path / "int8" / "model.onnx", keep_float=everything)
+    ops = [(n.domain, n.op_type) for n in onnx.load(result.path).graph.node]
+    assert ("com.microsoft", kernel) in ops or ("com.microsoft", "Bias" + kernel) in ops
+    assert not {"Erf", "Tanh", "Pow"} & {op for _, op in ops}
+    feeds = _feeds(preset_config("tiny"), 2, 16)
+    feeds["attention_mask"][1, 9:] = 0
+    reference = ort.InferenceSession(str(fp32)).run(None, feeds)[0]
+    np.testing.assert_allclose(ort.InferenceSession(str(result.path)).run(None, feeds)[0], reference,
+                               rtol=1e-4, atol=1e-4)
+
+
 def test_rescored_int8_decoder_has_an_exact_top(fp32_graph, tmp_path):
     """The tied decoder in int8 with each token's top 8 recomputed in FP32 (everything else kept in
     float to isolate it): its Transpose and float MatMul are gone, the top scores equal FP32's, the
