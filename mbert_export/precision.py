@@ -15,7 +15,8 @@ builds, and ONNX Runtime runs the same files on CPU, so their accuracy is proven
   Layers that hurt accuracy can be kept in float (`keep_float`); they are reported.
 - INT8 for ONNX Runtime CPU (`quantize_int8_dynamic`): the Q/DQ graph runs no faster than FP32
   there, so the CPU backend gets ONNX Runtime's dynamic quantization (integer VNNI kernels) with
-  the same keep-float list, and the LM-head decoder in int8 with its top scores recomputed in FP32 (`_rescored_int8`).
+  the same keep-float list, fused GELU kernels, and the LM-head decoder in int8 with each token's
+  top scores recomputed in FP32 (`_rescored_int8`).
 """
 
 from __future__ import annotations
