@@ -26,6 +26,11 @@ ARTIFACTS_DIR = REPO_ROOT / "benchmarks" / "artifacts"
 ALL_BACKENDS = ("pytorch-fp32", "pytorch-bf16", "ort-fp32", "ort-fp16", "ort-int8-qdq", "ort-int8-dynamic",
                 "trt-fp16", "trt-int8")
 REFERENCE = "pytorch-fp32"
+#: Untimed pause before each timed call: the previous backend's threads spin-wait for a while
+#: after its call (OpenMP in torch, ONNX Runtime's pool) and would take cores from the next one;
+#: measured at 345M x 1 x 128, an ONNX Runtime call right after a PyTorch call took 98 ms, 90 ms
+#: after a 50 ms pause (as after another ONNX Runtime call).
+PAUSE_S = 0.05
 #: Inputs of this many tokens or more run with ONNX Runtime arena shrinkage (see make_runners).
 SHRINK_ARENA_TOKENS = 8192
 
@@ -144,6 +149,7 @@ def bench_shape(runners: dict, feeds: dict, warmup: int, repeats: int, budget_s:
     start = time.perf_counter()
     for round_index in range(repeats):
         for name, run in runners.items():
+            time.sleep(PAUSE_S)
             t0 = time.perf_counter()
             run(feeds)
             times[name].append(time.perf_counter() - t0)
