@@ -310,6 +310,10 @@ class BuildResult:
                                  f"(FP32 {e['reference_mlm_accuracy']:.2%})")
         if s.get("kept_float"):
             lines.append(f"  kept in float: {', '.join(s['kept_float'])}")
+        if s.get("int8_rescore"):
+            from .precision import RESCORE_TOP
+
+            lines.append(f"  int8 with each token's top {RESCORE_TOP} rescored in FP32: {', '.join(s['int8_rescore'])}")
         return "\n".join(lines)
 
 
