@@ -39,15 +39,15 @@ DEFAULT_INT8_KEEP_FLOAT: tuple[str, ...] = (
     "bert.encoder.layer.0.*", "*.attention.self.scores", "*.attention.self.context", "cls.*",
     "bert.pooler.*", "classifier", "qa_outputs")
 DEFAULT_CALIBRATION_METHOD = "percentile"
-#: INT8 graph per backend: TensorRT builds the explicit Q/DQ graph; ONNX Runtime CPU runs its own
-#: dynamic-quantization graph (the Q/DQ graph is slower than FP32 there; README "Benchmarks").
-#: Same keep-float list: measured on the demo model, dynamic INT8 keeps 99.66% top-1 agreement
-#: with it (97.5% with everything quantized).
 #: Of the MatMuls the dynamic recipe leaves in float, these get int8 scores whose top 8 per token
 #: are recomputed in FP32 (precision._rescored_int8): the tied LM-head decoder, 15-20% of the 345M
 #: model's CPU time (1 x 128: ~23 ms in FP32, ~10 ms rescored). Demo model: 99.66% agreement either
 #: way (plain int8 scores: 98.3%).
 DEFAULT_INT8_RESCORE: tuple[str, ...] = ("cls.predictions.decoder",)
+#: INT8 graph per backend: TensorRT builds the explicit Q/DQ graph; ONNX Runtime CPU runs its own
+#: dynamic-quantization graph (the Q/DQ graph is slower than FP32 there; README "Benchmarks").
+#: Same keep-float list: measured on the demo model, dynamic INT8 keeps 99.66% top-1 agreement
+#: with it (97.5% with everything quantized).
 INT8_RECIPES = ("qdq", "dynamic")
 INT8_RECIPE_FOR_BACKEND = {"tensorrt": "qdq", "onnxruntime": "dynamic"}
 
@@ -361,6 +361,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                                source=str(checkpoint), progress=say)
         graph = stage / GRAPH_NAME
         calibration_info: dict = {}
+        rescored_modules: list[str] = []
         if precision == "fp32":
             shutil.move(str(fp32_path), graph)
             if fp32_path.with_name(GRAPH_NAME + ".data").exists():
