@@ -362,22 +362,6 @@ def _fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
     return fused
 
 
-def _constant_matrix(model: onnx.ModelProto, name: str) -> tuple[np.ndarray, str | None] | None:
-    """A MatMul's constant B input (an initializer, or a transposed one as for a tied weight), and
-    the name of an initializer holding B transposed when the graph already has one."""
-    from onnx import numpy_helper
-
-    initializers = {t.name: t for t in model.graph.initializer}
-    if name in initializers:
-        return numpy_helper.to_array(initializers[name]), None
-    producer = next((n for n in model.graph.node if name in n.output), None)
-    if producer is not None and producer.op_type == "Transpose" and producer.input[0] in initializers:
-        perm = next((list(a.ints) for a in producer.attribute if a.name == "perm"), [1, 0])
-        source = numpy_helper.to_array(initializers[producer.input[0]])
-        return source.transpose(perm), producer.input[0] if perm == [1, 0] else None
-    return None
-
-
 def _rescored_int8(model: onnx.ModelProto, patterns: Iterable[str], strict: bool, say: Progress,
                    top: int = RESCORE_TOP) -> list[str]:
     """Rewrite the float MatMuls matching `patterns` as int8 scores with an exact top; returns their modules.
@@ -393,31 +377,37 @@ def _rescored_int8(model: onnx.ModelProto, patterns: Iterable[str], strict: bool
     """
     from onnx import TensorProto, helper, numpy_helper
 
+    from .qdq import _quantize_weight, _weight_source
+
     chosen = resolve_keep_float(model, patterns, strict,
                                 option="--int8-rescore (applies to MatMuls left in float, see --keep-float)")
     consumers: dict[str, int] = {}
     for node in model.graph.node:
         for name in node.input:
             consumers[name] = consumers.get(name, 0) + 1
+    initializers = {t.name: t for t in model.graph.initializer}
+    producers = {out: n for n in model.graph.node for out in n.output}
     done = []
     for node in [n for n in model.graph.node if n.name in chosen]:
-        constant = _constant_matrix(model, node.input[1])
-        if constant is None:
+        source = _weight_source(node.input[1], initializers, producers)
+        if source is None:
             if strict:
                 raise PrecisionError(f"--int8-rescore {chosen[node.name]!r}: its MatMul has no constant "
                                      "weight (attention products cannot be rescored)")
             continue
-        weight, columns = constant[0].astype(np.float32), constant[1]
-        scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127.0).astype(np.float32)
+        name, transposed = source
+        values = numpy_helper.to_array(initializers[name])
+        weight, scale = _quantize_weight(values, transposed)
         p = f"{node.name}_rescored"
         model.graph.initializer.extend([
-            numpy_helper.from_array(np.clip(np.round(weight / scale), -127, 127).astype(np.int8), p + "_weight"),
+            numpy_helper.from_array(weight, p + "_weight"),
             numpy_helper.from_array(scale, p + "_weight_scale"),
             numpy_helper.from_array(np.array([min(top, weight.shape[1])], np.int64), p + "_top"),
             numpy_helper.from_array(np.array([-1], np.int64), p + "_last_axis")])
-        if columns is None:  # no transposed copy to gather weight columns from: add one
+        columns = name  # [N, K]: the rows Gather picks the top entries' weights from
+        if not transposed:  # an untied [K, N] weight: add its transposed copy
             columns = p + "_columns"
-            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(weight.T), columns))
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(values.T), columns))
         a, (y,) = node.input[0], node.output
         nodes = [
             helper.make_node("DynamicQuantizeLinear", [a], [p + "_a_q", p + "_a_scale", p + "_a_zero"]),
@@ -440,9 +430,8 @@ def _rescored_int8(model: onnx.ModelProto, patterns: Iterable[str], strict: bool
         model.graph.node.remove(node)
         for offset, new in enumerate(nodes):
             model.graph.node.insert(position + offset, new)
-        producer = next((n for n in model.graph.node if node.input[1] in n.output), None)
-        if producer is not None and consumers.get(node.input[1]) == 1:  # the tied weight's Transpose
-            model.graph.node.remove(producer)
+        if transposed and consumers.get(node.input[1]) == 1:  # the tied weight's Transpose, now unused
+            model.graph.node.remove(producers[node.input[1]])
         done.append(chosen[node.name])
     if done:
         say(f"int8: {', '.join(sorted(done))} in int8 with its top {top} per token rescored in FP32")
