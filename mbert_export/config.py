@@ -35,6 +35,10 @@ class MegatronBertConfig:
     num_attention_heads: int = 16
     intermediate_size: int = 4096
     hidden_act: str = "gelu"
+    #: Activation of the LM-head transform when it differs from `hidden_act` (None: the same). Megatron's
+    #: BERT LM head uses exact erf GELU even when its MLP uses the tanh form (bias-gelu fusion); Hugging
+    #: Face transformers ignores this key and applies `hidden_act` there too.
+    lm_head_act: str | None = None
     hidden_dropout_prob: float = 0.1
     attention_probs_dropout_prob: float = 0.1
     max_position_embeddings: int = 512
@@ -108,6 +112,9 @@ class MegatronBertConfig:
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             raise ConfigError(
                 f"hidden_act {self.hidden_act!r} is not supported; use one of {', '.join(SUPPORTED_ACTIVATIONS)}")
+        if self.lm_head_act is not None and self.lm_head_act not in SUPPORTED_ACTIVATIONS:
+            raise ConfigError(
+                f"lm_head_act {self.lm_head_act!r} is not supported; use one of {', '.join(SUPPORTED_ACTIVATIONS)}")
         if self.position_embedding_type != "absolute":
             raise ConfigError(
                 f"position_embedding_type {self.position_embedding_type!r} is not supported: MegatronBERT "
@@ -153,6 +160,8 @@ class MegatronBertConfig:
             del out["tokenizer_vocab_size"]
         if out["problem_type"] is None:
             del out["problem_type"]
+        if out["lm_head_act"] is None:
+            del out["lm_head_act"]
         out.update(self.extra)
         return out
 

@@ -182,7 +182,7 @@ class MegatronBertPredictionHeadTransform(nn.Module):
     def __init__(self, config: MegatronBertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.transform_act_fn = activation(config.hidden_act)
+        self.transform_act_fn = activation(config.lm_head_act or config.hidden_act)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, hidden_states):

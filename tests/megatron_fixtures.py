@@ -31,7 +31,10 @@ TOKENIZER_VOCAB = 100
 
 
 def reference_config(**overrides: Any) -> MegatronBertConfig:
-    return preset_config("tiny", **{"hidden_act": "gelu_new", "architectures": ["MegatronBertForPreTraining"],
+    """Megatron-LM's BERT with args: tanh GELU in the MLP (bias-gelu fusion), exact erf GELU in the LM head
+    (legacy `BertLMHead` applies torch.nn.functional.gelu). `lm_head_act=None`: tanh everywhere."""
+    return preset_config("tiny", **{"hidden_act": "gelu_new", "lm_head_act": "gelu",
+                                    "architectures": ["MegatronBertForPreTraining"],
                                     **overrides})
 
 

@@ -8,6 +8,7 @@ tensor-parallel size and on-disk layout. Every bad input must raise a clear erro
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -26,7 +27,15 @@ OUTPUTS = ("prediction_logits", "seq_relationship_logits")
 
 @pytest.fixture(scope="module")
 def ref():
+    """What a Megatron-LM checkpoint with args computes: tanh GELU in the MLP (bias-gelu fusion), exact erf
+    GELU in the LM head (legacy `BertLMHead` uses torch.nn.functional.gelu unless --openai-gelu)."""
     return reference_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def ref_tanh():
+    """The same weights with tanh GELU everywhere: checkpoints without args, and what transformers runs."""
+    return reference_model(seed=0, lm_head_act=None)
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +87,9 @@ def test_roundtrip_every_version_tp_and_layout(tmp_path, ref, ref_state, inputs,
     config = json.loads((out / "config.json").read_text())
     assert config["architectures"] == ["MegatronBertForPreTraining"]
     assert config["model_type"] == "megatron-bert"
-    assert config["layer_norm_eps"] == 1e-5 and config["hidden_act"] == "gelu_new"
+    assert config["layer_norm_eps"] == 1e-5 and config["hidden_act"] == "gelu_new" and config["lm_head_act"] == "gelu"
     assert config["vocab_size"] == 128 and config["num_attention_heads"] == 4
-    assert f"{tp} tensor-parallel shard(s)" in log
+    assert f"{tp} tensor-parallel x 1 pipeline-parallel shard(s)" in log
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # temp dirs cleaned up
 
@@ -101,26 +110,33 @@ def test_other_layouts(tmp_path, ref, ref_state, inputs, layout, tp):
     assert max_diff(MegatronBertForPreTraining.from_pretrained(out), ref, inputs) <= TOLERANCE
 
 
-def test_transformers_loads_the_converted_folder(tmp_path, ref, ref_state, inputs):
+def test_transformers_loads_the_converted_folder(tmp_path, ref, ref_tanh, ref_state, inputs):
+    """transformers ignores lm_head_act: it runs the LM head with hidden_act (tanh), as convert says."""
     transformers = pytest.importorskip("transformers")
     src = write_checkpoint(to_megatron(ref_state, ref.config, version=2.0, tp=2), tmp_path / "in", "zip")
-    out, _ = convert(src, tmp_path / "hf")
+    out, log = convert(src, tmp_path / "hf")
     hf = transformers.MegatronBertForPreTraining.from_pretrained(out, dtype=torch.float32).eval()
     with torch.no_grad():
-        got, want = hf(**inputs, return_dict=True), ref(**inputs)
+        got, want, exact = hf(**inputs, return_dict=True), ref_tanh(**inputs), ref(**inputs)
     for name in OUTPUTS:
         assert (got[name] - want[name]).abs().max().item() <= TOLERANCE, name
+    approx = (got["prediction_logits"] - exact["prediction_logits"]).abs().max().item()
+    assert approx > 1e-4
+    assert "transformers ignores lm_head_act='gelu'" in log
+    said = float(re.search(r"max \|LM logit difference\| ([0-9.e+-]+)", log).group(1))
+    assert 0.1 * approx < said < 10 * approx  # the same order as what transformers actually does here
 
 
-def test_no_args_no_version_legacy_pickle(tmp_path, ref, ref_state, inputs):
+def test_no_args_no_version_legacy_pickle(tmp_path, ref_tanh, ref_state, inputs):
     """2019-style checkpoint: no checkpoint_version (-> 0), no args, old torch pickle format (no mmap)."""
-    shards = to_megatron(ref_state, ref.config, version=None, tp=2, args=False)
+    shards = to_megatron(ref_state, ref_tanh.config, version=None, tp=2, args=False)
     src = write_checkpoint(shards, tmp_path / "in", "release", legacy=True)
     out, log = convert(src, tmp_path / "hf", num_attention_heads=4)
     assert "treating it as 0" in log and "no args" in log
-    assert max_diff(MegatronBertForPreTraining.from_pretrained(out), ref, inputs) <= TOLERANCE
+    assert max_diff(MegatronBertForPreTraining.from_pretrained(out), ref_tanh, inputs) <= TOLERANCE
     # Without args and without the override the head count is guessed (head size 64) and said so.
-    single = write_checkpoint(to_megatron(ref_state, ref.config, version=None, args=False), tmp_path / "one", "file")
+    single = write_checkpoint(to_megatron(ref_state, ref_tanh.config, version=None, args=False), tmp_path / "one",
+                              "file")
     _, log = convert(single, tmp_path / "hf2")
     assert "assuming head size 64 (1 heads)" in log
     fails(src, tmp_path / "hf3", "num_attention_heads=1 must divide .* tensor-parallel size 2")
@@ -294,10 +310,13 @@ def test_untrusted_pickle_is_refused_unless_opted_in(tmp_path, ref, ref_state, i
 def test_unsupported_layouts(tmp_path, ref, ref_state):
     pp = tmp_path / "pp" / "release" / "mp_rank_00_000"
     pp.mkdir(parents=True)
-    fails(tmp_path / "pp", tmp_path / "hf", "pipeline-parallel checkpoints")
+    fails(tmp_path / "pp", tmp_path / "hf", "mp_rank_00_000/model_optim_rng.pt: missing")
     mcore = {"model": {"embedding.word_embeddings.weight": torch.zeros(4, 4)}, "checkpoint_version": 3.0}
     torch.save(mcore, tmp_path / "mcore.pt")
-    fails(tmp_path / "mcore.pt", tmp_path / "hf", "Megatron-Core .* not supported")
+    fails(tmp_path / "mcore.pt", tmp_path / "hf", "tensors are missing: embedding.position_embeddings.weight")
+    gpt = {"model": {"decoder.layers.0.mlp.linear_fc1.weight": torch.zeros(4, 4)}, "checkpoint_version": 3.0}
+    torch.save(gpt, tmp_path / "gpt.pt")
+    fails(tmp_path / "gpt.pt", tmp_path / "hf", "not a Megatron BERT checkpoint .*decoder.layers")
     shards = to_megatron(ref_state, ref.config)
     shards[0]["model"]["language_model"]["encoder"]["layers.0.self_attention.rotary.inv_freq"] = torch.ones(2)
     fails(write_checkpoint(shards, tmp_path / "in", "file"), tmp_path / "hf", "unrecognised tensors .*rotary")
@@ -305,7 +324,7 @@ def test_unsupported_layouts(tmp_path, ref, ref_state):
     src = write_checkpoint(to_megatron(ref_state, ref.config, args=args), tmp_path / "in2", "file")
     fails(src, tmp_path / "hf", "swiglu=True")
     (tmp_path / "empty").mkdir()
-    fails(tmp_path / "empty", tmp_path / "hf", "no Megatron-LM checkpoint found")
+    fails(tmp_path / "empty", tmp_path / "hf", "no Megatron checkpoint found")
 
 
 # ---------------------------------------------------------------------------- HF folders

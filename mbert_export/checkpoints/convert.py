@@ -1,0 +1,398 @@
+"""`convert_megatron`: a Megatron checkpoint (legacy Megatron-LM or Megatron-Core, `torch` or
+`torch_dist` format, any tensor x pipeline parallelism) -> a Hugging Face MegatronBERT folder.
+
+Reads the files (`layout`), maps each layout's names (`legacy`, `mcore`, `torch_dist`), joins pipeline
+stages and merges tensor-parallel shards lazily (`merge`), takes the hyper-parameters from the training
+args, and streams the result into `model.safetensors` (`hf`) inside a folder renamed into place only
+when complete.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..fileio import atomic_dir
+from .errors import CheckpointError, Progress, say
+from .hf import SAFE_WEIGHTS_NAME, write_safetensors
+from .layout import DistFolder, Grid, extract_zip, find_checkpoint, is_torch_archive
+from .legacy import is_legacy, legacy_shard
+from .mcore import is_mcore, mcore_shard
+from .merge import (BINARY, LM_HEAD, POOLER, QKV_LAYOUTS, UNTIED_DECODER, Shard, check_shapes, join_stages,
+                    label_of, layer_keys, merge_plan)
+from .torch_dist import dist_shard
+from .unpickle import PickledStub, safe_torch_load
+
+#: Padded embedding rows of the NVIDIA NGC BERT-345M checkpoints -> the size of their tokenizers.
+NGC_VOCAB_SIZES = {29056: 28996, 30592: 30522}
+
+# ============================================================================ Megatron-LM: config
+def _arg(args: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        value = getattr(args, name, None) if args is not None else None
+        if value is not None:
+            return value
+    return default
+
+
+def _activation(args: Any, kind: str) -> tuple[str, str, str]:
+    """Hugging Face activations of the encoder MLP and of the LM-head transform, and the reason.
+
+    MLP: Megatron's fused bias-GELU kernel (`bias_gelu_fusion`, Megatron-LM's default) and `--openai-gelu`
+    use the tanh approximation (`gelu_new`); otherwise exact erf GELU (`gelu`). LM head: Megatron-Core's
+    `BertLMHead` always applies `torch.nn.functional.gelu` (erf); legacy Megatron-LM's does too unless
+    `--openai-gelu`. Checkpoints without args predate these flags: tanh for both, as trained then.
+    """
+    if args is None:
+        return "gelu_new", "gelu_new", "no args in the checkpoint: assuming Megatron-LM's tanh GELU (gelu_new)"
+    openai = bool(_arg(args, "openai_gelu"))
+    if _arg(args, "bias_gelu_fusion", "bias_activation_fusion"):
+        mlp, why = "gelu_new", "MLP: args.bias_gelu_fusion: tanh GELU (gelu_new)"
+    elif openai:
+        mlp, why = "gelu_new", "MLP: args.openai_gelu: tanh GELU (gelu_new)"
+    elif not hasattr(args, "openai_gelu") and not hasattr(args, "bias_gelu_fusion"):
+        mlp, why = "gelu_new", "MLP: args predate --openai-gelu: assuming tanh GELU (gelu_new)"
+    else:
+        mlp, why = "gelu", "MLP: unfused GELU in args: exact erf GELU (gelu)"
+    head = "gelu_new" if openai and kind == "legacy" else "gelu"
+    return mlp, head, f"{why}; LM head: {'tanh (openai_gelu)' if head != 'gelu' else 'exact erf GELU (gelu)'}"
+
+
+def _check_supported(args: Any, label: str) -> None:
+    """Refuse architectures that HF MegatronBERT cannot represent, instead of converting them wrongly."""
+    if args is None:
+        return
+    problems = []
+    for flag, feature in (("swiglu", "a gated SwiGLU MLP"), ("gated_linear_unit", "a gated linear unit MLP"),
+                          ("squared_relu", "squared-ReLU MLP"), ("qk_layernorm", "QK LayerNorm"),
+                          ("apply_residual_connection_post_layernorm", "post-LayerNorm residuals"),
+                          ("group_query_attention", "grouped-query attention"),
+                          ("num_experts", "mixture of experts")):
+        if _arg(args, flag):
+            problems.append(f"{feature} ({flag}={getattr(args, flag)!r})")
+    if _arg(args, "glu_activation"):
+        problems.append(f"a gated MLP (glu_activation={args.glu_activation!r})")
+    if _arg(args, "normalization", default="LayerNorm") != "LayerNorm":
+        problems.append(f"{args.normalization} instead of LayerNorm (normalization={args.normalization!r})")
+    pe = _arg(args, "position_embedding_type")
+    if isinstance(pe, str) and pe != "learned_absolute" or isinstance(pe, PickledStub) and not (
+            set(pe.args) <= {2, "learned_absolute", "absolute"}):  # Megatron-DeepSpeed: absolute = 2
+        feature = "rotary position embeddings" if "rope" in str(pe) else \
+            "no position embeddings" if "none" in str(pe) else "non-learned position embeddings"
+        problems.append(f"{feature} (position_embedding_type={pe!r})")
+    if _arg(args, "add_bias_linear") is False:
+        problems.append("linear layers without biases (add_bias_linear=False, --disable-bias-linear)")
+    if problems:
+        raise CheckpointError(f"{label}: the checkpoint was trained with {'; '.join(problems)}, which Hugging Face "
+                              "MegatronBERT (pre-LN BERT with biases, GELU MLP, LayerNorm, learned absolute "
+                              "positions, full multi-head attention) cannot represent; only checkpoints of that "
+                              "architecture can be converted")
+
+
+def _build_config(shards: list[Shard], layers: int, tp: int, heads: int | None,
+                  progress: Progress) -> dict[str, Any]:
+    """Model sizes from the pickled args when present, checked against (or inferred from) tensor shapes."""
+    s0, args = shards[0], shards[0].args
+    t = s0.tensors
+    rows = sum(s.tensors["bert.embeddings.word_embeddings.weight"].shape[0] for s in shards)
+    hidden = t["bert.embeddings.word_embeddings.weight"].shape[1]
+    ffn_key = "bert.encoder.layer.0.intermediate.dense.weight"
+    ffn = sum(s.tensors[ffn_key].shape[0] for s in shards) if layers else 4 * hidden
+    positions = t["bert.embeddings.position_embeddings.weight"].shape[0]
+    tt = t.get("bert.embeddings.token_type_embeddings.weight")
+    checks = [("hidden_size", ("hidden_size",), hidden, "columns of the word embeddings"),
+              ("num_hidden_layers", ("num_layers",), layers, "layers found"),
+              ("intermediate_size", ("ffn_hidden_size",), ffn, "rows of mlp.dense_h_to_4h over all shards"),
+              ("max_position_embeddings", ("max_position_embeddings",), positions, "rows of the position embeddings"),
+              ("vocab_size", ("padded_vocab_size",), rows, "rows of the word embeddings over all shards")]
+    for _, names, actual, what in checks:
+        declared = _arg(args, *names)
+        if declared is not None and int(declared) != int(actual):
+            raise CheckpointError(
+                f"{s0.label}: config/weight shape mismatch: args.{names[0]}={declared} but the checkpoint has "
+                f"{actual} {what}. The args do not belong to these weights (or shards of different runs were mixed)")
+    declared_heads = _arg(args, "num_attention_heads")
+    if heads is not None and declared_heads is not None and int(heads) != int(declared_heads):
+        raise CheckpointError(f"{s0.label}: num_attention_heads={heads} was given but args.num_attention_heads is "
+                              f"{declared_heads}; drop the override")
+    heads = heads or declared_heads
+    if heads is None:
+        heads = max(1, hidden // 64)
+        say(progress, f"no num_attention_heads in args: assuming head size 64 ({heads} heads); pass "
+                       "num_attention_heads if that is wrong")
+    heads = int(heads)
+    if hidden % heads or heads % tp:
+        raise CheckpointError(f"{s0.label}: num_attention_heads={heads} must divide hidden_size={hidden} and be a "
+                              f"multiple of the tensor-parallel size {tp}; pass the right num_attention_heads")
+    act, head_act, why = _activation(args, s0.kind)
+    say(progress, f"activation: {why}")
+    eps = _arg(args, "layernorm_epsilon", "norm_epsilon", default=1e-5)
+    return dict(vocab_size=int(rows), hidden_size=int(hidden), num_hidden_layers=int(layers),
+                num_attention_heads=heads, intermediate_size=int(ffn), hidden_act=act,
+                max_position_embeddings=int(positions), type_vocab_size=int(tt.shape[0]) if tt is not None else 2,
+                layer_norm_eps=float(eps), **({"lm_head_act": head_act} if head_act != act else {}))
+
+
+def _read_file(path: Path, label: str, allow_unsafe_pickle: bool, progress: Progress) -> Shard:
+    """One `torch`-format file (legacy Megatron-LM or Megatron-Core) as a `Shard`."""
+    data = safe_torch_load(path, allow_unsafe_pickle=allow_unsafe_pickle, progress=progress)
+    if not isinstance(data, Mapping):
+        raise CheckpointError(f"{label}: holds a {type(data).__name__}, not a Megatron checkpoint dict")
+    model = data.get("model")
+    if model is None and "model0" in data:
+        raise CheckpointError(f"{label}: virtual-pipeline checkpoints (model0, model1, ...) are not supported; "
+                              "re-save without --num-layers-per-virtual-pipeline-stage (or as torch_dist)")
+    if model is None and "module" in data:  # DeepSpeed-style wrapper of the same structure
+        model = data["module"]
+    if is_legacy(model):
+        return legacy_shard(label, data, model)
+    if is_mcore(model):
+        return mcore_shard(label, data, model)
+    keys = ", ".join(list(model)[:4]) if isinstance(model, Mapping) else type(model).__name__
+    raise CheckpointError(
+        f"{label}: not a Megatron BERT checkpoint (model holds {keys}). Expected the legacy Megatron-LM layout "
+        "(model.language_model.embedding / encoder ...) or Megatron-Core's BertModel (embedding.*, encoder.layers.*)")
+
+
+def _read_grid(grid: Grid, src: Path, allow_unsafe_pickle: bool, progress: Progress) -> list[Shard]:
+    """One `Shard` per tensor-parallel rank, its pipeline stages joined."""
+    tp, pp = len(grid.files), len(grid.files[0])
+    shards = []
+    for t, stages in enumerate(grid.files):
+        parts = []
+        for p, path in enumerate(stages):
+            label = label_of(path, src)
+            say(progress, f"reading {label} ({t * pp + p + 1}/{tp * pp})")
+            parts.append(_read_file(path, label, allow_unsafe_pickle, progress))
+        kinds = {s.kind for s in parts}
+        if len(kinds) > 1:
+            raise CheckpointError(f"{parts[0].label}: the pipeline stages mix legacy Megatron-LM and Megatron-Core "
+                                  "files; they come from different checkpoints")
+        shards.append(join_stages(parts))
+    declared = _arg(shards[0].args, "pipeline_model_parallel_size")
+    if declared is not None and int(declared) != pp:
+        raise CheckpointError(
+            f"{shards[0].label}: found {pp} pipeline stage(s) but args.pipeline_model_parallel_size is {declared}; "
+            + (f"pass the folder holding every mp_rank_XX_YYY stage folder (000..{int(declared) - 1:03d})"
+               if pp < int(declared) else "the folder mixes shards of different checkpoints"))
+    return shards
+
+
+def _validate(shards: list[Shard], progress: Progress, parallel_on_disk: bool = True) -> tuple[float, int, list[str]]:
+    """Check version, shard count and completeness; returns (checkpoint_version, layers, optional keys)."""
+    s0, n = shards[0], len(shards)
+    versions = {float(s.version) for s in shards}
+    if len(versions) > 1:
+        raise CheckpointError(f"shards disagree on checkpoint_version ({sorted(versions)}); they come from "
+                              "different checkpoints")
+    version = float(s0.version)
+    if version not in QKV_LAYOUTS:
+        raise CheckpointError(
+            f"{s0.label}: unknown checkpoint_version {s0.version!r}; supported: 0, 1.0, 2.0, 3.0 (QKV layouts "
+            f"{', '.join(f'{k:g}: {v}' for k, v in QKV_LAYOUTS.items())}). Save the checkpoint with a Megatron-LM "
+            "release that writes one of these")
+    if not s0.has_version:
+        say(progress, "no checkpoint_version in the checkpoint: treating it as 0 (QKV layout [3, np, hn])")
+    for s in shards:
+        s.version = version
+    declared = _arg(s0.args, "tensor_model_parallel_size", "model_parallel_size")
+    if parallel_on_disk and declared is not None and int(declared) != n:
+        fix = (f"pass the folder holding all of mp_rank_00..mp_rank_{int(declared) - 1:02d} (not a single shard)"
+               if n < int(declared) else "the folder mixes shards of different checkpoints")
+        raise CheckpointError(
+            f"{s0.label}: found {n} tensor-parallel shard(s) but args.tensor_model_parallel_size is {declared}; {fix}")
+    _check_supported(s0.args, s0.label)
+    indices = s0.layer_indices()
+    layers = int(_arg(s0.args, "num_layers", default=max(indices, default=-1) + 1))
+    if indices and max(indices) + 1 != layers:
+        raise CheckpointError(f"{s0.label}: config/weight shape mismatch: args.num_layers={layers} but the checkpoint "
+                              f"has layers 0..{max(indices)}; the args do not belong to these weights")
+    required = ["bert.embeddings.word_embeddings.weight", "bert.embeddings.position_embeddings.weight",
+                "bert.encoder.ln.weight", "bert.encoder.ln.bias"]
+    for i in range(layers):
+        required += layer_keys(i)
+    optional: list[str] = []
+    untied = _arg(s0.args, "untie_embeddings_and_output_weights")
+    if untied is None:  # no args: an output weight beside the embeddings on a single stage means untied
+        untied = UNTIED_DECODER in s0.tensors and "(in " not in s0.origin.get(UNTIED_DECODER, "")
+    for s in shards:
+        if not untied:
+            s.tensors.pop(UNTIED_DECODER, None)  # the last pipeline stage's copy of the tied embeddings
+            s.origin.pop(UNTIED_DECODER, None)
+    for group in (POOLER, LM_HEAD, BINARY) + (([UNTIED_DECODER],) if untied else ()):
+        if any(k in s0.tensors or k in s0.origin for k in group) or group == [UNTIED_DECODER]:
+            required += group
+            optional += group
+    missing = [s.name(k) + (f" (in {s.label})" if n > 1 else "")
+               for s in shards for k in required if k not in s.tensors]
+    if missing:
+        raise CheckpointError(
+            f"{s0.label}: {len(missing)} tensors are missing: {', '.join(missing[:6])}"
+            f"{' ...' if len(missing) > 6 else ''}. The checkpoint is incomplete or not a Megatron BERT")
+    return version, layers, optional
+
+
+def _tokenizer(vocab: str | Path, lowercase: bool | None, args: Any, src: Path, progress: Progress) -> Any:
+    from ..tokenization import Tokenizer
+
+    vocab = Path(vocab)
+    if not vocab.is_file():
+        raise CheckpointError(f"{vocab}: vocab file not found; pass the WordPiece vocab.txt of the model")
+    kind = str(_arg(args, "tokenizer_type", default=""))
+    inferred = True if "LowerCase" in kind else False if "Case" in kind else \
+        True if "uncased" in src.name.lower() else False if "cased" in src.name.lower() else None
+    if lowercase is None:
+        if inferred is None:
+            raise CheckpointError("cannot tell whether the vocab is cased: pass lowercase=True or False "
+                                  "(CLI: --lowercase / --cased)")
+        lowercase = inferred
+        say(progress, f"tokenizer: {'lower-casing' if lowercase else 'cased'} (from {kind or src.name})")
+    elif inferred is not None and inferred != lowercase:
+        say(progress, f"warning: lowercase={lowercase} but the checkpoint says {kind or src.name}")
+    return Tokenizer.from_vocab(vocab, lowercase=lowercase)
+
+
+def convert_megatron(src: str | Path, dst: str | Path, *, vocab: str | Path | None = None,
+                     lowercase: bool | None = None, allow_unsafe_pickle: bool = False, overwrite: bool = False,
+                     num_attention_heads: int | None = None, progress: Progress = None) -> Path:
+    """Convert a Megatron-LM BERT checkpoint into a Hugging Face MegatronBERT folder; returns `dst`.
+
+    `src` may be an NGC zip (`release/mp_rank_00/model_optim_rng.pt` inside, possibly under a top
+    folder, or a bare .pt), a release folder, a folder with `latest_checkpointed_iteration.txt` +
+    `iter_XXXXXXX/`, a folder of `mp_rank_XX/` shards, or a single `.pt`. Tensor-parallel shards are
+    merged; QKV is re-ordered by `checkpoint_version`; sizes, LayerNorm eps and GELU flavour come from
+    the pickled args (shapes otherwise). Padded vocab rows are kept and the tokenizer's real size is
+    recorded as `tokenizer_vocab_size`. The folder (config.json, model.safetensors, tokenizer files when
+    `vocab` is given) is built beside `dst` and renamed into place only when complete. Weights keep the
+    checkpoint's dtype (fp16 for NGC). `num_attention_heads` is needed only for checkpoints without
+    args whose head size is not 64 (the head count cannot be read from tensor shapes).
+    """
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise CheckpointError(f"{src}: not found; pass a Megatron-LM checkpoint (.zip, folder or .pt)")
+    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
+        raise FileExistsError(f"{dst} already exists and is not empty; choose another output folder or pass "
+                              "overwrite=True (CLI: --overwrite)")
+    src_abs, dst_abs = src.resolve(), dst.resolve()
+    if src_abs == dst_abs or src_abs.is_relative_to(dst_abs):
+        raise CheckpointError(f"{dst} contains the source checkpoint; choose an output folder outside {src}")
+    new_parents = [p for p in (dst.parent, *dst.parent.parents) if not p.exists()]
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f".{dst.name}.extract-", dir=dst.parent) as work:
+            _convert(src, dst, Path(work), vocab=vocab, lowercase=lowercase, allow_unsafe_pickle=allow_unsafe_pickle,
+                     overwrite=overwrite, num_attention_heads=num_attention_heads, progress=progress)
+    except BaseException:
+        for parent in new_parents:  # leave no trace: remove the folders this call created
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
+    say(progress, f"wrote {dst}")
+    return dst
+
+
+def _convert(src: Path, dst: Path, work: Path, *, vocab: str | Path | None, lowercase: bool | None,
+             allow_unsafe_pickle: bool, overwrite: bool, num_attention_heads: int | None, progress: Progress) -> None:
+    """The body of `convert_megatron`; `work` is a scratch folder (zip extraction) beside `dst`."""
+    if src.is_dir():
+        found = find_checkpoint(src, progress)
+    elif src.suffix.lower() == ".zip" or (src.suffix.lower() not in (".pt", ".pth", ".bin", ".ckpt")
+                                           and zipfile.is_zipfile(src) and not is_torch_archive(src)):
+        found = find_checkpoint(extract_zip(src, work, progress), progress)
+    else:
+        found = Grid([[src]])
+    if isinstance(found, DistFolder):
+        shard, _ = dist_shard(found.folder, label_of(found.folder, src), allow_unsafe_pickle, progress)
+        shards, source = [shard], "megatron-core torch_dist"
+        _check_dist_parallel(shard, found.folder)
+    else:
+        shards = _read_grid(found, src, allow_unsafe_pickle, progress)
+        source = "megatron-core torch" if shards[0].kind == "mcore" else "megatron-lm"
+    version, layers, optional = _validate(shards, progress, parallel_on_disk=not isinstance(found, DistFolder))
+    config = _build_config(shards, layers, len(shards), num_attention_heads, progress)
+    pp = 1 if isinstance(found, DistFolder) else len(found.files[0])
+    say(progress, f"{source} checkpoint (QKV layout {QKV_LAYOUTS[version]}), {len(shards)} tensor-parallel x {pp} "
+                  f"pipeline-parallel shard(s), {layers} layers, hidden {config['hidden_size']}, "
+                  f"{config['num_attention_heads']} heads, ffn {config['intermediate_size']}, {config['vocab_size']} "
+                  f"vocab rows, eps {config['layer_norm_eps']:g}")
+    args = shards[0].args
+    if vocab is None and isinstance(_arg(args, "vocab_file"), str) and Path(args.vocab_file).is_file():
+        vocab = Path(args.vocab_file)
+        say(progress, f"tokenizer: using args.vocab_file {vocab}")
+    tokenizer = None
+    if vocab is not None:
+        tokenizer = _tokenizer(vocab, lowercase, args, src, progress)
+        if tokenizer.vocab_size > config["vocab_size"]:
+            raise CheckpointError(
+                f"{vocab}: the vocab has {tokenizer.vocab_size} tokens but the checkpoint's embedding has only "
+                f"{config['vocab_size']} rows; this vocab belongs to another model: pass the model's own vocab")
+        config["tokenizer_vocab_size"] = tokenizer.vocab_size
+    elif config["vocab_size"] in NGC_VOCAB_SIZES and config["hidden_size"] == 1024:
+        config["tokenizer_vocab_size"] = NGC_VOCAB_SIZES[config["vocab_size"]]
+        say(progress, f"assuming the NGC BERT vocab ({config['tokenizer_vocab_size']} tokens); pass the vocab "
+                      "file to record its exact size")
+    has = set(optional)
+    config["architectures"] = ["MegatronBertForPreTraining" if set(LM_HEAD + BINARY) <= has else
+                               "MegatronBertForMaskedLM" if set(LM_HEAD) <= has else "MegatronBertModel"]
+    if UNTIED_DECODER in has:
+        config["tie_word_embeddings"] = False
+    from ..config import MegatronBertConfig
+
+    hf_config = MegatronBertConfig(**config)
+    entries = merge_plan(shards, config, layers, optional)
+    check_shapes(entries, config, shards[0].label)
+    with atomic_dir(dst, overwrite=overwrite) as tmp:
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        say(progress, f"writing {SAFE_WEIGHTS_NAME} ({len(entries)} tensors)")
+        write_safetensors(tmp / SAFE_WEIGHTS_NAME, entries,
+                          {"source": source, "checkpoint_version": f"{version:g}"}, progress=progress)
+        del shards, entries
+        hf_config.save_pretrained(tmp)
+    if "lm_head_act" in config and LM_HEAD[0] in has:
+        say(progress, approximation_note(dst, hf_config))
+
+
+def _check_dist_parallel(shard: Shard, folder: Path) -> None:
+    """torch_dist stores global tensors: TP/PP in the args only need every data file, checked on open;
+    a stacked tensor shorter than args.num_layers means stages are missing."""
+    layers = _arg(shard.args, "num_layers")
+    found = len(shard.layer_indices())
+    if layers is not None and found and int(layers) != found:
+        raise CheckpointError(f"{folder}: args.num_layers={layers} but the stacked layer tensors hold {found} layers; "
+                              "the checkpoint is incomplete (pipeline stages missing?) or its args belong to another "
+                              "model")
+
+
+#: max |GELU_tanh(x) - GELU_erf(x)| over all x (reached near |x| = 2.3).
+GELU_TANH_MAX_ERROR = 4.7e-4
+
+
+def approximation_note(folder: Path, config: Any) -> str:
+    """What Hugging Face transformers does with a folder whose LM head activation differs from the MLP's:
+    it ignores `lm_head_act` and applies `hidden_act` there too. Measured on the converted model when it
+    is small enough to run here (<= 400M parameters), bounded otherwise."""
+    what = (f"note: transformers ignores lm_head_act={config.lm_head_act!r} and will run the LM-head transform "
+            f"with hidden_act={config.hidden_act!r} (an approximation of the checkpoint's exact GELU, at most "
+            f"{GELU_TANH_MAX_ERROR:.1e} per activation); mbert-export's model, ONNX graphs and engines use "
+            f"{config.lm_head_act!r} there")
+    if config.num_parameters() > 400e6:
+        return what
+    import dataclasses
+
+    import torch
+
+    from ..modeling import MegatronBertForMaskedLM
+
+    exact = MegatronBertForMaskedLM.from_pretrained(folder).float().eval()
+    approx = MegatronBertForMaskedLM(dataclasses.replace(config, lm_head_act=None)).float().eval()
+    approx.load_state_dict(exact.state_dict())
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.real_vocab_size, (2, min(64, config.max_position_embeddings)), generator=g)
+    with torch.no_grad():
+        diff = (exact(input_ids=ids)["logits"] - approx(input_ids=ids)["logits"]).abs().max().item()
+    return f"{what}. Measured on random ids: max |LM logit difference| {diff:.2e}"
