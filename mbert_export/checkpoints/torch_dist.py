@@ -55,17 +55,17 @@ class DistReader:
             raise CheckpointError(
                 f"{self.folder}: data file(s) {', '.join(missing[:4])} named in {DIST_METADATA} are missing (found "
                 f"{len(ends) - len(missing)} of {len(ends)}); copy every *.distcp file of the checkpoint")
+        extra = sorted(p.name for p in self.folder.glob("*.distcp") if p.name not in ends)
+        if extra:
+            raise CheckpointError(
+                f"{self.folder}: {', '.join(extra[:4])} are not named in {DIST_METADATA}: the index does not match its "
+                "*.distcp files (mixed saves?); copy the folder of one save")
         for name, end in sorted(ends.items()):
             size = (self.folder / name).stat().st_size
             if size < end:
                 raise CheckpointError(
                     f"{self.folder / name}: the file is {size} bytes but {DIST_METADATA} places data up to byte {end}; "
                     "it is truncated (interrupted copy?) or the index belongs to another save: copy the folder again")
-        extra = sorted(p.name for p in self.folder.glob("*.distcp") if p.name not in ends)
-        if extra:
-            raise CheckpointError(
-                f"{self.folder}: {', '.join(extra[:4])} are not named in {DIST_METADATA}: the index does not match its "
-                "*.distcp files (mixed saves?); copy the folder of one save")
 
     def keys(self) -> dict[str, Any]:
         return dict(self.metadata.state_dict_metadata)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import pathlib
 import pickle
 import re
 from pathlib import Path
@@ -106,7 +107,8 @@ def _allowed_globals() -> list[Any]:
 _DCP_MODULES = ("torch.distributed.checkpoint.metadata", "torch.distributed.checkpoint.planner",
                 "torch.distributed.checkpoint.filesystem", "torch.distributed.checkpoint._extension")
 _DCP_OTHER = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
-              ("builtins", "set"), ("builtins", "frozenset")}
+              ("builtins", "set"), ("builtins", "frozenset"), ("pathlib", "PosixPath"),
+              ("pathlib", "PurePosixPath")}
 
 
 def is_torch_zip(path: Path) -> bool:
@@ -198,7 +200,8 @@ class _MetadataUnpickler(pickle.Unpickler):
             return getattr(torch, name)
         if (module, name) in _DCP_OTHER:
             return {"Size": torch.Size, "_get_layout": torch.serialization._get_layout,
-                    "OrderedDict": collections.OrderedDict, "set": set, "frozenset": frozenset}[name]
+                    "OrderedDict": collections.OrderedDict, "set": set, "frozenset": frozenset,
+                    "PosixPath": pathlib.PosixPath, "PurePosixPath": pathlib.PurePosixPath}[name]
         raise pickle.UnpicklingError(f"{module}.{name}")
 
 
