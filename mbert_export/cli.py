@@ -28,12 +28,14 @@ def progress(message: str) -> None:
 # ---------------------------------------------------------------------------- convert
 def add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "convert", help="convert a Megatron-LM checkpoint into a Hugging Face folder",
-        description="Read a Megatron-LM checkpoint (NGC zip, release folder, iteration folder with "
-                    "latest_checkpointed_iteration.txt, or a single model_optim_rng.pt), merge its "
+        "convert", help="convert a Megatron-LM / Megatron-Core checkpoint into a Hugging Face folder",
+        description="Read a Megatron checkpoint without Megatron installed: legacy Megatron-LM or Megatron-Core "
+                    "BERT, torch format (NGC zip, release folder, iteration folder with "
+                    "latest_checkpointed_iteration.txt, mp_rank_XX[_YYY] shards, or a single model_optim_rng.pt) "
+                    "or torch_dist format (*.distcp + .metadata); join its pipeline stages, merge its "
                     "tensor-parallel shards, and write a Hugging Face MegatronBERT folder (config.json, "
-                    "model.safetensors, tokenizer files when --vocab is given).")
-    p.add_argument("src", help="Megatron-LM checkpoint: .zip, folder, or .pt file")
+                    "model.safetensors, tokenizer files when --vocab is given or args.vocab_file exists).")
+    p.add_argument("src", help="Megatron checkpoint: .zip, folder (top, iter_XXXXXXX, release), or .pt file")
     p.add_argument("dst", help="output folder (must not exist or be empty unless --overwrite)")
     p.add_argument("--vocab", help="WordPiece vocab.txt to ship with the model (NGC: the BERT vocab)")
     case = p.add_mutually_exclusive_group()

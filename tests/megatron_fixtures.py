@@ -244,3 +244,54 @@ class Evil:
 
     def __reduce__(self):
         return (os.makedirs, (self.marker,))
+
+
+def to_pipeline(ranks: list[dict[str, Any]], pp: int) -> list[list[dict[str, Any]]]:
+    """Split each rank's checkpoint into `pp` legacy Megatron-LM pipeline stages: layers renumbered from 0
+    in every stage, embeddings on the first, final LayerNorm, pooler and heads on the last, which also
+    holds its copy of the word embeddings (`word_embeddings_for_head`)."""
+    grid = []
+    for ckpt in ranks:
+        lm = ckpt["model"]["language_model"]
+        enc_name = "encoder" if "encoder" in lm else "transformer"
+        layers = sorted({int(k.split(".")[1]) for k in lm[enc_name] if k.startswith("layers.")})
+        per = len(layers) // pp
+        stages = []
+        for s in range(pp):
+            local = {}
+            for key, value in lm[enc_name].items():
+                if key.startswith("layers."):
+                    i = int(key.split(".")[1])
+                    if s * per <= i < (s + 1) * per:
+                        local[f"layers.{i - s * per}." + key.split(".", 2)[2]] = value
+                elif s == pp - 1:
+                    local[key] = value
+            stage_lm: dict[str, Any] = {enc_name: local}
+            model: dict[str, Any] = {"language_model": stage_lm}
+            if s == 0:
+                stage_lm["embedding"] = lm["embedding"]
+            if s == pp - 1:
+                for head in ("lm_head", "binary_head"):
+                    if head in ckpt["model"]:
+                        model[head] = ckpt["model"][head]
+                if "pooler" in lm:
+                    stage_lm["pooler"] = lm["pooler"]
+                model["word_embeddings_for_head"] = {"weight": lm["embedding"]["word_embeddings"]["weight"].clone()}
+            stage = {k: v for k, v in ckpt.items() if k != "model"}
+            stage["model"] = model
+            if "args" in stage:
+                stage["args"] = argparse.Namespace(**{**vars(stage["args"]), "pipeline_model_parallel_size": pp})
+            stages.append(stage)
+        grid.append(stages)
+    return grid
+
+
+def write_pipeline(grid: list[list[dict[str, Any]]], root: Path) -> Path:
+    """Save a [tp][pp] grid as Megatron-LM does: iter_XXXXXXX/mp_rank_XX_YYY/model_optim_rng.pt + tracker."""
+    it = root / "iter_0000100"
+    for t, stages in enumerate(grid):
+        for p, stage in enumerate(stages):
+            (it / f"mp_rank_{t:02d}_{p:03d}").mkdir(parents=True)
+            torch.save(stage, it / f"mp_rank_{t:02d}_{p:03d}" / "model_optim_rng.pt")
+    (root / "latest_checkpointed_iteration.txt").write_text("100\n")
+    return root

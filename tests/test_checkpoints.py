@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from megatron_fixtures import (TOKENIZER_VOCAB, Evil, fake_megatron_enums, make_args, reference_model,
-                               reference_state_dict, to_megatron, write_checkpoint)
+                               reference_state_dict, to_megatron, to_pipeline, write_checkpoint, write_pipeline)
 from mbert_export.checkpoints import (CheckpointError, convert_megatron, load_hf_state_dict, safe_torch_load,
                                       save_hf_state_dict)
 from mbert_export.modeling import MegatronBertForPreTraining
@@ -92,6 +93,20 @@ def test_roundtrip_every_version_tp_and_layout(tmp_path, ref, ref_state, inputs,
     assert f"{tp} tensor-parallel x 1 pipeline-parallel shard(s)" in log
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # temp dirs cleaned up
+
+
+@pytest.mark.parametrize("version,tp", [(3.0, 1), (2.0, 2)])
+def test_legacy_pipeline_parallel(tmp_path, ref, ref_state, inputs, version, tp):
+    """Legacy Megatron-LM PP stages (layers renumbered from 0 per stage, the last stage's copy of the word
+    embeddings) join into the same model; a missing stage is named."""
+    grid = to_pipeline(to_megatron(ref_state, ref.config, version=version, tp=tp), pp=2)
+    src = write_pipeline(grid, tmp_path / "in")
+    out, log = convert(src, tmp_path / "hf")
+    assert f"{tp} tensor-parallel x 2 pipeline-parallel shard(s)" in log
+    assert max_diff(MegatronBertForPreTraining.from_pretrained(out), ref, inputs) <= TOLERANCE
+    for t in range(tp):
+        shutil.rmtree(src / "iter_0000100" / f"mp_rank_{t:02d}_001")
+    fails(src, tmp_path / "hf2", "found 1 pipeline stage.* but args.pipeline_model_parallel_size is 2")
 
 
 def test_wrong_qkv_layout_is_detected_by_the_comparison(tmp_path, ref, ref_state, inputs):
