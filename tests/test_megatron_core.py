@@ -172,6 +172,21 @@ def test_refuses_broken_torch_dist_folders(tmp_path):
     fails(it, tmp_path / "hf", "no mp_rank_XX folders|.metadata is missing")
 
 
+def test_common_pt_of_older_megatron_core(tmp_path):
+    """megatron-core <= 0.18 keeps args & co in iter_XXXXXXX/common.pt beside the *.distcp files: it is read
+    from there (and the iter folder is not mistaken for a single-.pt checkpoint)."""
+    from mbert_export.checkpoints.torch_dist import DistReader
+
+    src = _copy("torch_dist-tp1-pp1-erf", tmp_path)
+    it = src / "iter_0000001"
+    common = DistReader(it, False, None).common_state()
+    common["args"].layernorm_epsilon = 1e-6  # so that the test can tell where the args came from
+    with _stub_modules():
+        torch.save(common, it / "common.pt")
+    out, _ = convert(it, tmp_path / "hf")
+    assert json.loads((out / "config.json").read_text())["layer_norm_eps"] == 1e-6
+
+
 def test_refuses_malicious_pickles_without_running_them(tmp_path):
     marker = tmp_path / "ran"
     src = _copy("torch_dist-tp1-pp1-erf", tmp_path)
