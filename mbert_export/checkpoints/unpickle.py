@@ -53,8 +53,8 @@ class PickledStub:
 #: Globals replaced by `PickledStub`: enum modules of Megatron-LM / Megatron-Core, the rerun-state-machine
 #: enums of Megatron-Core's common state, dtype / format enums of Transformer Engine, and `signal.Signals`
 #: (args.exit_signal of current Megatron-LM).
-STUB_RE = re.compile(r"^(?:(megatron|transformer_engine|transformer_engine_torch)(\.\w+)*\."
-                     r"(enums\.\w+|DType|Format|rerun_state_machine\.Rerun(Mode|Diagnostic|State|ValidationStatus))|signal\.Signals)$")
+STUB_RE = re.compile(r"^(?:(megatron|transformer_engine|transformer_engine_torch)(\.\w+)*\.(enums\.\w+|DType|Format|"
+                     r"rerun_state_machine\.Rerun(Mode|Diagnostic|State|ValidationStatus))|signal\.Signals)$")
 _GLOBAL_RE = re.compile(r"GLOBAL ([\w.]+) (?:was not an allowed global|whose module)")
 _stub_cache: dict[str, type] = {}
 
