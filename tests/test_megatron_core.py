@@ -83,6 +83,19 @@ def test_iteration_folder_and_tanh_control(tmp_path):
     assert oracle_diffs(out, oracle)["lm_logits"] > 1e-3
 
 
+def test_convert_cli(tmp_path, capsys):
+    """`mbert-export convert` on a torch_dist folder: progress and the transformers note on stderr."""
+    from mbert_export.cli import main as cli_main
+
+    assert cli_main(["convert", str(FIXTURES / "torch_dist-tp2-pp2-tanh"), str(tmp_path / "hf")]) == 0
+    err = capsys.readouterr().err
+    assert "megatron-core torch_dist checkpoint" in err and "transformers ignores lm_head_act" in err
+    assert cli_main(["convert", str(FIXTURES / "torch_dist-tp2-pp2-tanh" / "iter_0000001" / "__0_0.distcp"),
+                     str(tmp_path / "hf2")]) != 0
+    err = capsys.readouterr().err
+    assert "one file of a torch_dist checkpoint; pass its folder" in err and "Traceback" not in err
+
+
 def test_torch_and_torch_dist_give_the_same_weights_layout(tmp_path):
     """torch_dist's stacked, TE-named tensors map to the same HF names as the torch format's per-layer ones."""
     from mbert_export.checkpoints import load_hf_state_dict

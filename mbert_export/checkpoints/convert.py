@@ -303,6 +303,9 @@ def _convert(src: Path, dst: Path, work: Path, *, vocab: str | Path | None, lowe
     elif src.suffix.lower() == ".zip" or (src.suffix.lower() not in (".pt", ".pth", ".bin", ".ckpt")
                                            and zipfile.is_zipfile(src) and not is_torch_archive(src)):
         found = find_checkpoint(extract_zip(src, work, progress), progress)
+    elif src.suffix == ".distcp" or src.name in (".metadata", "common.pt") and (src.parent / ".metadata").is_file():
+        raise CheckpointError(f"{src} is one file of a torch_dist checkpoint; pass its folder ({src.parent}) or "
+                              "the folder holding latest_checkpointed_iteration.txt")
     else:
         found = Grid([[src]])
     if isinstance(found, DistFolder):
