@@ -220,14 +220,29 @@ def test_refuses_malicious_pickles_without_running_them(tmp_path):
     assert not marker.exists()
 
 
-def _dist_with_common_state(dst: Path, src: Path, common: dict) -> Path:
-    """A torch_dist folder with the tensors of `src` and `common` as its common_state byte item."""
+def test_names_missing_tensors(tmp_path):
+    """A torch_dist save without some tensors names them as megatron-core calls them."""
+    from mbert_export.checkpoints.torch_dist import DistReader
+
+    src = FIXTURES / "torch_dist-tp1-pp1-erf"
+    common = DistReader(src / "iter_0000001", False, None).common_state()
+    drop = ("encoder.layers.mlp.linear_fc1.layer_norm_bias", "lm_head.dense.bias")
+    with _stub_modules():
+        dst = _dist_with_common_state(tmp_path / "ckpt", src, common, drop=drop)
+    fails(dst, tmp_path / "hf", r"encoder.layers.mlp.linear_fc1.layer_norm_bias\[0\].*lm_head.dense.bias")
+    fails(FIXTURES / "torch-tp2-pp1-tanh" / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", tmp_path / "hf",
+          "found 1 tensor-parallel shard")
+
+
+def _dist_with_common_state(dst: Path, src: Path, common: dict, drop: tuple = ()) -> Path:
+    """A torch_dist folder with the tensors of `src` (less `drop`) and `common` as its common_state byte item."""
     from torch.distributed.checkpoint import DefaultSavePlanner, FileSystemWriter, save
 
     from mbert_export.checkpoints.torch_dist import DistReader
 
     reader = DistReader(src / "iter_0000001", False, None)
-    state: dict = {k: reader.tensor(k) for k, md in reader.keys().items() if hasattr(md, "size") and "/" not in k}
+    state: dict = {k: reader.tensor(k) for k, md in reader.keys().items()
+                   if hasattr(md, "size") and "/" not in k and k not in drop}
     state["common_state"] = [common]  # megatron-core 0.19: a ShardedObject of global shape (1,)
     dst.mkdir(parents=True)
     with pytest.warns(UserWarning):

@@ -96,12 +96,16 @@ def mcore_shard(label: str, data: Mapping[str, Any], model: Mapping[str, Any]) -
             unknown.append(key)
     if unknown:
         raise unknown_error(label, unknown)
-    inverse = {v: k for k, v in LAYER_NAMES.items() if "layer_norm_" not in k}
-    top = {v: k for k, v in TOP_NAMES.items()}
-
-    def describe(hf: str) -> str:
-        m = re.match(r"bert\.encoder\.layer\.(\d+)\.(.+)$", hf)
-        return f"encoder.layers.{m.group(1)}.{inverse.get(m.group(2), m.group(2))}" if m else top.get(hf, hf)
-
-    shard.describe = describe
+    shard.describe = mcore_name
     return shard
+
+
+def mcore_name(hf: str, stacked: bool = False) -> str:
+    """Megatron-Core name of an expected tensor, for messages about missing ones (torch_dist: `stacked`)."""
+    m = re.match(r"bert\.encoder\.layer\.(\d+)\.(.+)$", hf)
+    if not m:
+        return {v: k for k, v in TOP_NAMES.items()}.get(hf, hf)
+    te_names = stacked  # torch_dist always stores the TransformerEngine-style pre-LN names
+    suffix = next(k for k, v in LAYER_NAMES.items() if v == m.group(2) and ("layer_norm_" in k) == te_names) \
+        if m.group(2).endswith(("ln.weight", "ln.bias")) else next(k for k, v in LAYER_NAMES.items() if v == m.group(2))
+    return f"encoder.layers.{suffix}[{m.group(1)}]" if stacked else f"encoder.layers.{m.group(1)}.{suffix}"

@@ -19,7 +19,7 @@ import torch
 
 from .errors import CheckpointError, Progress, say, short
 from .layout import DIST_METADATA
-from .mcore import LAYER_NAMES, MCORE_QKV_VERSION, TOP_NAMES, unknown_error
+from .mcore import LAYER_NAMES, MCORE_QKV_VERSION, TOP_NAMES, mcore_name, unknown_error
 from .merge import LazyTensor, Shard
 from .unpickle import load_dcp_metadata, safe_torch_load, safe_torch_load_bytes
 
@@ -134,6 +134,7 @@ def dist_shard(folder: Path, label: str, allow_unsafe_pickle: bool, progress: Pr
     say(progress, f"torch_dist: {len(list(folder.glob('*.distcp')))} data file(s), common state "
                   f"{'common.pt' if (folder / COMMON_PT).is_file() else 'in .distcp'}")
     shard = Shard(label, common.get("args"), MCORE_QKV_VERSION, kind="mcore")
+    shard.describe = lambda hf: mcore_name(hf, stacked=True)
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
     unknown = []
