@@ -148,6 +148,7 @@ def _edit_args(folder: Path, **changes) -> None:
     ({"swiglu": True}, "SwiGLU"),
     ({"normalization": "RMSNorm"}, "RMSNorm instead of LayerNorm"),
     ({"add_bias_linear": False}, "without biases .*--disable-bias-linear"),
+    ({"kv_channels": 4}, "head size other than hidden_size / heads"),
 ])
 def test_refuses_architectures_hf_cannot_represent(tmp_path, changes, match):
     src = _copy("torch-tp2-pp1-tanh", tmp_path)

@@ -82,6 +82,9 @@ def _check_supported(args: Any, label: str) -> None:
         feature = "rotary position embeddings" if "rope" in str(pe) else \
             "no position embeddings" if "none" in str(pe) else "non-learned position embeddings"
         problems.append(f"{feature} (position_embedding_type={pe!r})")
+    kv, heads, hidden = _arg(args, "kv_channels"), _arg(args, "num_attention_heads"), _arg(args, "hidden_size")
+    if kv and heads and hidden and int(kv) * int(heads) != int(hidden):
+        problems.append(f"a head size other than hidden_size / heads (kv_channels={kv})")
     if _arg(args, "add_bias_linear") is False:
         problems.append("linear layers without biases (add_bias_linear=False, --disable-bias-linear)")
     if problems:
