@@ -11,6 +11,7 @@ The parts:
 - `legacy`, `mcore`, `torch_dist`: the name mapping of each layout (legacy Megatron-LM; Megatron-Core
   `torch` files; Megatron-Core `torch_dist` with stacked per-layer tensors).
 - `merge`: pipeline stages joined, tensor-parallel shards merged lazily.
+- `args`: hyper-parameters and GELU flavours from the training args; unsupported features refused.
 - `convert`: `convert_megatron`, which ties them together.
 
 Every bad input raises `CheckpointError` naming the file, the problem and the fix; conversion writes

@@ -3,7 +3,7 @@
 
 Reads the files (`layout`), maps each layout's names (`legacy`, `mcore`, `torch_dist`), joins pipeline
 stages and merges tensor-parallel shards lazily (`merge`), takes the hyper-parameters from the training
-args, and streams the result into `model.safetensors` (`hf`) inside a folder renamed into place only
+args (`args`), and streams the result into `model.safetensors` (`hf`) inside a folder renamed into place only
 when complete.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..fileio import atomic_dir
+from .args import arg, build_config, check_supported
 from .errors import CheckpointError, Progress, say
 from .hf import SAFE_WEIGHTS_NAME, write_safetensors
 from .layout import DistFolder, Grid, extract_zip, find_checkpoint, is_torch_archive
@@ -23,121 +24,12 @@ from .mcore import is_mcore, mcore_shard
 from .merge import (BINARY, LM_HEAD, POOLER, QKV_LAYOUTS, UNTIED_DECODER, Shard, check_shapes, join_stages,
                     label_of, layer_keys, merge_plan)
 from .torch_dist import dist_shard
-from .unpickle import PickledStub, safe_torch_load
+from .unpickle import safe_torch_load
 
 #: Padded embedding rows of the NVIDIA NGC BERT-345M checkpoints -> the size of their tokenizers.
 NGC_VOCAB_SIZES = {29056: 28996, 30592: 30522}
 
 # ============================================================================ Megatron-LM: config
-def _arg(args: Any, *names: str, default: Any = None) -> Any:
-    for name in names:
-        value = getattr(args, name, None) if args is not None else None
-        if value is not None:
-            return value
-    return default
-
-
-def _activation(args: Any, kind: str) -> tuple[str, str, str]:
-    """Hugging Face activations of the encoder MLP and of the LM-head transform, and the reason.
-
-    MLP: Megatron's fused bias-GELU kernel (`bias_gelu_fusion`, Megatron-LM's default) and `--openai-gelu`
-    use the tanh approximation (`gelu_new`); otherwise exact erf GELU (`gelu`). LM head: Megatron-Core's
-    `BertLMHead` always applies `torch.nn.functional.gelu` (erf); legacy Megatron-LM's does too unless
-    `--openai-gelu`. Checkpoints without args predate these flags: tanh for both, as trained then.
-    """
-    if args is None:
-        return "gelu_new", "gelu_new", "no args in the checkpoint: assuming Megatron-LM's tanh GELU (gelu_new)"
-    openai = bool(_arg(args, "openai_gelu"))
-    if _arg(args, "bias_gelu_fusion", "bias_activation_fusion"):
-        mlp, why = "gelu_new", "MLP: args.bias_gelu_fusion: tanh GELU (gelu_new)"
-    elif openai:
-        mlp, why = "gelu_new", "MLP: args.openai_gelu: tanh GELU (gelu_new)"
-    elif not hasattr(args, "openai_gelu") and not hasattr(args, "bias_gelu_fusion"):
-        mlp, why = "gelu_new", "MLP: args predate --openai-gelu: assuming tanh GELU (gelu_new)"
-    else:
-        mlp, why = "gelu", "MLP: unfused GELU in args: exact erf GELU (gelu)"
-    head = "gelu_new" if openai and kind == "legacy" else "gelu"
-    return mlp, head, f"{why}; LM head: {'tanh (openai_gelu)' if head != 'gelu' else 'exact erf GELU (gelu)'}"
-
-
-def _check_supported(args: Any, label: str) -> None:
-    """Refuse architectures that HF MegatronBERT cannot represent, instead of converting them wrongly."""
-    if args is None:
-        return
-    problems = []
-    for flag, feature in (("swiglu", "a gated SwiGLU MLP"), ("gated_linear_unit", "a gated linear unit MLP"),
-                          ("squared_relu", "squared-ReLU MLP"), ("qk_layernorm", "QK LayerNorm"),
-                          ("apply_residual_connection_post_layernorm", "post-LayerNorm residuals"),
-                          ("group_query_attention", "grouped-query attention"),
-                          ("num_experts", "mixture of experts")):
-        if _arg(args, flag):
-            problems.append(f"{feature} ({flag}={getattr(args, flag)!r})")
-    if _arg(args, "glu_activation"):
-        problems.append(f"a gated MLP (glu_activation={args.glu_activation!r})")
-    if _arg(args, "normalization", default="LayerNorm") != "LayerNorm":
-        problems.append(f"{args.normalization} instead of LayerNorm (normalization={args.normalization!r})")
-    pe = _arg(args, "position_embedding_type")
-    if isinstance(pe, str) and pe != "learned_absolute" or isinstance(pe, PickledStub) and not (
-            set(pe.args) <= {2, "learned_absolute", "absolute"}):  # Megatron-DeepSpeed: absolute = 2
-        feature = "rotary position embeddings" if "rope" in str(pe) else \
-            "no position embeddings" if "none" in str(pe) else "non-learned position embeddings"
-        problems.append(f"{feature} (position_embedding_type={pe!r})")
-    kv, heads, hidden = _arg(args, "kv_channels"), _arg(args, "num_attention_heads"), _arg(args, "hidden_size")
-    if kv and heads and hidden and int(kv) * int(heads) != int(hidden):
-        problems.append(f"a head size other than hidden_size / heads (kv_channels={kv})")
-    if _arg(args, "add_bias_linear") is False:
-        problems.append("linear layers without biases (add_bias_linear=False, --disable-bias-linear)")
-    if problems:
-        raise CheckpointError(f"{label}: the checkpoint was trained with {'; '.join(problems)}, which Hugging Face "
-                              "MegatronBERT (pre-LN BERT with biases, GELU MLP, LayerNorm, learned absolute "
-                              "positions, full multi-head attention) cannot represent; only checkpoints of that "
-                              "architecture can be converted")
-
-
-def _build_config(shards: list[Shard], layers: int, tp: int, heads: int | None,
-                  progress: Progress) -> dict[str, Any]:
-    """Model sizes from the pickled args when present, checked against (or inferred from) tensor shapes."""
-    s0, args = shards[0], shards[0].args
-    t = s0.tensors
-    rows = sum(s.tensors["bert.embeddings.word_embeddings.weight"].shape[0] for s in shards)
-    hidden = t["bert.embeddings.word_embeddings.weight"].shape[1]
-    ffn_key = "bert.encoder.layer.0.intermediate.dense.weight"
-    ffn = sum(s.tensors[ffn_key].shape[0] for s in shards) if layers else 4 * hidden
-    positions = t["bert.embeddings.position_embeddings.weight"].shape[0]
-    tt = t.get("bert.embeddings.token_type_embeddings.weight")
-    checks = [("hidden_size", ("hidden_size",), hidden, "columns of the word embeddings"),
-              ("num_hidden_layers", ("num_layers",), layers, "layers found"),
-              ("intermediate_size", ("ffn_hidden_size",), ffn, "rows of mlp.dense_h_to_4h over all shards"),
-              ("max_position_embeddings", ("max_position_embeddings",), positions, "rows of the position embeddings"),
-              ("vocab_size", ("padded_vocab_size",), rows, "rows of the word embeddings over all shards")]
-    for _, names, actual, what in checks:
-        declared = _arg(args, *names)
-        if declared is not None and int(declared) != int(actual):
-            raise CheckpointError(
-                f"{s0.label}: config/weight shape mismatch: args.{names[0]}={declared} but the checkpoint has "
-                f"{actual} {what}. The args do not belong to these weights (or shards of different runs were mixed)")
-    declared_heads = _arg(args, "num_attention_heads")
-    if heads is not None and declared_heads is not None and int(heads) != int(declared_heads):
-        raise CheckpointError(f"{s0.label}: num_attention_heads={heads} was given but args.num_attention_heads is "
-                              f"{declared_heads}; drop the override")
-    heads = heads or declared_heads
-    if heads is None:
-        heads = max(1, hidden // 64)
-        say(progress, f"no num_attention_heads in args: assuming head size 64 ({heads} heads); pass "
-                       "num_attention_heads if that is wrong")
-    heads = int(heads)
-    if hidden % heads or heads % tp:
-        raise CheckpointError(f"{s0.label}: num_attention_heads={heads} must divide hidden_size={hidden} and be a "
-                              f"multiple of the tensor-parallel size {tp}; pass the right num_attention_heads")
-    act, head_act, why = _activation(args, s0.kind)
-    say(progress, f"activation: {why}")
-    eps = _arg(args, "layernorm_epsilon", "norm_epsilon", default=1e-5)
-    return dict(vocab_size=int(rows), hidden_size=int(hidden), num_hidden_layers=int(layers),
-                num_attention_heads=heads, intermediate_size=int(ffn), hidden_act=act,
-                max_position_embeddings=int(positions), type_vocab_size=int(tt.shape[0]) if tt is not None else 2,
-                layer_norm_eps=float(eps), **({"lm_head_act": head_act} if head_act != act else {}))
-
-
 def _read_file(path: Path, label: str, allow_unsafe_pickle: bool, progress: Progress) -> Shard:
     """One `torch`-format file (legacy Megatron-LM or Megatron-Core) as a `Shard`."""
     data = safe_torch_load(path, allow_unsafe_pickle=allow_unsafe_pickle, progress=progress)
@@ -174,7 +66,7 @@ def _read_grid(grid: Grid, src: Path, allow_unsafe_pickle: bool, progress: Progr
             raise CheckpointError(f"{parts[0].label}: the pipeline stages mix legacy Megatron-LM and Megatron-Core "
                                   "files; they come from different checkpoints")
         shards.append(join_stages(parts))
-    declared = _arg(shards[0].args, "pipeline_model_parallel_size")
+    declared = arg(shards[0].args, "pipeline_model_parallel_size")
     if declared is not None and int(declared) != pp:
         raise CheckpointError(
             f"{shards[0].label}: found {pp} pipeline stage(s) but args.pipeline_model_parallel_size is {declared}; "
@@ -183,7 +75,8 @@ def _read_grid(grid: Grid, src: Path, allow_unsafe_pickle: bool, progress: Progr
     return shards
 
 
-def _validate(shards: list[Shard], progress: Progress, parallel_on_disk: bool = True) -> tuple[float, int, list[str]]:
+def _validate(shards: list[Shard], progress: Progress,
+              parallel_on_disk: bool = True) -> tuple[float, int, list[str]]:
     """Check version, shard count and completeness; returns (checkpoint_version, layers, optional keys)."""
     s0, n = shards[0], len(shards)
     versions = {float(s.version) for s in shards}
@@ -200,15 +93,15 @@ def _validate(shards: list[Shard], progress: Progress, parallel_on_disk: bool = 
         say(progress, "no checkpoint_version in the checkpoint: treating it as 0 (QKV layout [3, np, hn])")
     for s in shards:
         s.version = version
-    declared = _arg(s0.args, "tensor_model_parallel_size", "model_parallel_size")
+    declared = arg(s0.args, "tensor_model_parallel_size", "model_parallel_size")
     if parallel_on_disk and declared is not None and int(declared) != n:
         fix = (f"pass the folder holding all of mp_rank_00..mp_rank_{int(declared) - 1:02d} (not a single shard)"
                if n < int(declared) else "the folder mixes shards of different checkpoints")
         raise CheckpointError(
             f"{s0.label}: found {n} tensor-parallel shard(s) but args.tensor_model_parallel_size is {declared}; {fix}")
-    _check_supported(s0.args, s0.label)
+    check_supported(s0.args, s0.label)
     indices = s0.layer_indices()
-    layers = int(_arg(s0.args, "num_layers", default=max(indices, default=-1) + 1))
+    layers = int(arg(s0.args, "num_layers", default=max(indices, default=-1) + 1))
     if indices and max(indices) + 1 != layers:
         raise CheckpointError(f"{s0.label}: config/weight shape mismatch: args.num_layers={layers} but the checkpoint "
                               f"has layers 0..{max(indices)}; the args do not belong to these weights")
@@ -217,7 +110,7 @@ def _validate(shards: list[Shard], progress: Progress, parallel_on_disk: bool = 
     for i in range(layers):
         required += layer_keys(i)
     optional: list[str] = []
-    untied = _arg(s0.args, "untie_embeddings_and_output_weights")
+    untied = arg(s0.args, "untie_embeddings_and_output_weights")
     if untied is None:  # no args: an output weight beside the embeddings on a single stage means untied
         untied = UNTIED_DECODER in s0.tensors and "(in " not in s0.origin.get(UNTIED_DECODER, "")
     for s in shards:
@@ -243,7 +136,7 @@ def _tokenizer(vocab: str | Path, lowercase: bool | None, args: Any, src: Path, 
     vocab = Path(vocab)
     if not vocab.is_file():
         raise CheckpointError(f"{vocab}: vocab file not found; pass the WordPiece vocab.txt of the model")
-    kind = str(_arg(args, "tokenizer_type", default=""))
+    kind = str(arg(args, "tokenizer_type", default=""))
     inferred = True if "LowerCase" in kind else False if "Case" in kind else \
         True if "uncased" in src.name.lower() else False if "cased" in src.name.lower() else None
     if lowercase is None:
@@ -319,14 +212,14 @@ def _convert(src: Path, dst: Path, work: Path, *, vocab: str | Path | None, lowe
         shards = _read_grid(found, src, allow_unsafe_pickle, progress)
         source = "megatron-core torch" if shards[0].kind == "mcore" else "megatron-lm"
     version, layers, optional = _validate(shards, progress, parallel_on_disk=not isinstance(found, DistFolder))
-    config = _build_config(shards, layers, len(shards), num_attention_heads, progress)
+    config = build_config(shards, layers, len(shards), num_attention_heads, progress)
     pp = 1 if isinstance(found, DistFolder) else len(found.files[0])
     say(progress, f"{source} checkpoint (QKV layout {QKV_LAYOUTS[version]}), {len(shards)} tensor-parallel x {pp} "
                   f"pipeline-parallel shard(s), {layers} layers, hidden {config['hidden_size']}, "
                   f"{config['num_attention_heads']} heads, ffn {config['intermediate_size']}, {config['vocab_size']} "
                   f"vocab rows, eps {config['layer_norm_eps']:g}")
     args = shards[0].args
-    if vocab is None and isinstance(_arg(args, "vocab_file"), str) and Path(args.vocab_file).is_file():
+    if vocab is None and isinstance(arg(args, "vocab_file"), str) and Path(args.vocab_file).is_file():
         vocab = Path(args.vocab_file)
         say(progress, f"tokenizer: using args.vocab_file {vocab}")
     tokenizer = None
@@ -366,7 +259,7 @@ def _convert(src: Path, dst: Path, work: Path, *, vocab: str | Path | None, lowe
 def _check_dist_parallel(shard: Shard, folder: Path) -> None:
     """torch_dist stores global tensors: TP/PP in the args only need every data file, checked on open;
     a stacked tensor shorter than args.num_layers means stages are missing."""
-    layers = _arg(shard.args, "num_layers")
+    layers = arg(shard.args, "num_layers")
     found = len(shard.layer_indices())
     if layers is not None and found and int(layers) != found:
         raise CheckpointError(f"{folder}: args.num_layers={layers} but the stacked layer tensors hold {found} layers; "
