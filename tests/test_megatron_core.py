@@ -231,11 +231,21 @@ def test_names_missing_tensors(tmp_path):
     with _stub_modules():
         dst = _dist_with_common_state(tmp_path / "ckpt", src, common, drop=drop)
     fails(dst, tmp_path / "hf", r"encoder.layers.mlp.linear_fc1.layer_norm_bias\[0\].*lm_head.dense.bias")
+    # optimizer state (megatron-core keys start with "optimizer.") is skipped; unknown model tensors are not
+    fc1 = torch.zeros(4, 96, 32)
+    with _stub_modules():
+        with_optim = _dist_with_common_state(tmp_path / "optim", src, common,
+                                             extra={"optimizer.state.exp_avg.encoder.layers.mlp.linear_fc1.weight": fc1})
+        unknown = _dist_with_common_state(tmp_path / "unknown", src, common,
+                                          extra={"encoder.layers.self_attention.q_layernorm.weight": fc1})
+    out, _ = convert(with_optim, tmp_path / "hf-optim")
+    assert max(oracle_diffs(out, torch.load(src / "oracle.pt")).values()) <= TOLERANCE
+    fails(unknown, tmp_path / "hf", r"unrecognised tensors .*q_layernorm.* \(QK LayerNorm\)")
     fails(FIXTURES / "torch-tp2-pp1-tanh" / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", tmp_path / "hf",
           "found 1 tensor-parallel shard")
 
 
-def _dist_with_common_state(dst: Path, src: Path, common: dict, drop: tuple = ()) -> Path:
+def _dist_with_common_state(dst: Path, src: Path, common: dict, drop: tuple = (), extra: dict | None = None) -> Path:
     """A torch_dist folder with the tensors of `src` (less `drop`) and `common` as its common_state byte item."""
     from torch.distributed.checkpoint import DefaultSavePlanner, FileSystemWriter, save
 
@@ -244,6 +254,7 @@ def _dist_with_common_state(dst: Path, src: Path, common: dict, drop: tuple = ()
     reader = DistReader(src / "iter_0000001", False, None)
     state: dict = {k: reader.tensor(k) for k, md in reader.keys().items()
                    if hasattr(md, "size") and "/" not in k and k not in drop}
+    state.update(extra or {})
     state["common_state"] = [common]  # megatron-core 0.19: a ShardedObject of global shape (1,)
     dst.mkdir(parents=True)
     with pytest.warns(UserWarning):
