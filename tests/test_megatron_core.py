@@ -234,8 +234,8 @@ def test_names_missing_tensors(tmp_path):
     # optimizer state (megatron-core keys start with "optimizer.") is skipped; unknown model tensors are not
     fc1 = torch.zeros(4, 96, 32)
     with _stub_modules():
-        with_optim = _dist_with_common_state(tmp_path / "optim", src, common,
-                                             extra={"optimizer.state.exp_avg.encoder.layers.mlp.linear_fc1.weight": fc1})
+        optim = {"optimizer.state.exp_avg.encoder.layers.mlp.linear_fc1.weight": fc1}
+        with_optim = _dist_with_common_state(tmp_path / "optim", src, common, extra=optim)
         unknown = _dist_with_common_state(tmp_path / "unknown", src, common,
                                           extra={"encoder.layers.self_attention.q_layernorm.weight": fc1})
     out, _ = convert(with_optim, tmp_path / "hf-optim")
