@@ -249,7 +249,9 @@ def _convert(src: Path, dst: Path, work: Path, *, vocab: str | Path | None, lowe
             tokenizer.save_pretrained(tmp)
         say(progress, f"writing {SAFE_WEIGHTS_NAME} ({len(entries)} tensors)")
         write_safetensors(tmp / SAFE_WEIGHTS_NAME, entries,
-                          {"source": source, "checkpoint_version": f"{version:g}"}, progress=progress)
+                          {"source": source, "qkv_layout": QKV_LAYOUTS[version],
+                           **({"checkpoint_version": f"{version:g}"} if shards[0].kind == "legacy" else {})},
+                          progress=progress)
         del shards, entries
         hf_config.save_pretrained(tmp)
     if "lm_head_act" in config and LM_HEAD[0] in has:
