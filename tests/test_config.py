@@ -89,3 +89,14 @@ def test_convert_cli_end_to_end(tmp_path, capsys):
     assert diff <= 1e-5
     assert cli_main(["convert", str(zip_path), str(out)]) == 2  # refuses to overwrite
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_lm_head_act_round_trip_and_validation(tmp_path):
+    """`lm_head_act` (Megatron's erf LM head beside a tanh MLP) survives config.json; None is not written."""
+    config = preset_config("tiny", hidden_act="gelu_new", lm_head_act="gelu")
+    config.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["lm_head_act"] == "gelu"
+    assert MegatronBertConfig.from_pretrained(tmp_path).lm_head_act == "gelu"
+    assert "lm_head_act" not in preset_config("tiny").to_dict()
+    with pytest.raises(ConfigError, match="lm_head_act 'swiglu' is not supported"):
+        preset_config("tiny", lm_head_act="swiglu")
