@@ -1,0 +1,385 @@
+"""Serving with a real tritonserver 2.51 (nvidia-pytriton's binary, python backend) on 127.0.0.1.
+
+The server and its python models run from their own virtual environment (numpy < 2, tokenizers,
+onnxruntime, this package without torch), named by $MBERT_TRITON_ENV; .ci/run builds it. With CI=true
+these tests fail when it is missing; elsewhere they skip. The in-process runtime (OrtMegatronBert) is
+the oracle. Each server is started on free ports, stopped by its PID, and checked to leave no process.
+
+The ensemble's middle model (`onnxruntime_onnx` / `tensorrt_plan`) needs backends only NVIDIA's
+container has: here a python-backend STAND-IN (tests/triton_onnx_standin.py) serves the same
+model.onnx under the same config; tokenize and postprocess run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from demo_heads import demo_task_checkpoint
+
+from mbert_export.build import DEFAULT_CHECKPOINT
+from mbert_export.runtime import OrtMegatronBert
+
+IN_CI = os.environ.get("CI") == "true"
+SERVER_ENV = os.environ.get("MBERT_TRITON_ENV", "")
+TASKS = ("mlm", "sequence-classification", "token-classification", "question-answering")
+MAX_SEQ = 64
+#: Long enough for concurrent requests to meet in the dynamic batcher, short for serial calls.
+QUEUE_DELAY_US = 3000
+STANDIN = Path(__file__).with_name("triton_onnx_standin.py")
+
+MLM_TEXTS = ["The [MASK] statement is used to import a module.", "A [MASK] returns a new list.",
+             "Use the [MASK] function to open a file.", "The [MASK] of a list is its length.",
+             "An [MASK] is raised when the key is missing."]
+TEXTS = ["The import statement loads 3 modules from the package.", "A function returns a new list.",
+         "Python 3.12 adds a new syntax for type parameters.", "The file is opened in binary mode."]
+QUESTION = "Which number is mentioned?"
+
+
+def _need(what: str, ok: bool) -> None:
+    if not ok:
+        if IN_CI:
+            pytest.fail(f"CI=true but {what}; .ci/run builds the server venv and exports MBERT_TRITON_ENV")
+        pytest.skip(what)
+
+
+def _tritonclient():
+    try:
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.http  # noqa: F401
+    except ImportError:
+        _need("tritonclient is not installed (pip install 'tritonclient[http,grpc]')", False)
+
+
+def _server_env() -> str:
+    _need("no Triton server env ($MBERT_TRITON_ENV)", bool(SERVER_ENV) and Path(SERVER_ENV, "bin", "python").exists())
+    return SERVER_ENV
+
+
+def assert_same(got, want, where="result"):
+    """Equal structure and values; floats within 1e-4 (batches pad differently than single calls)."""
+    if isinstance(want, float) or isinstance(got, float):
+        assert abs(float(got) - float(want)) <= 1e-4 + 1e-3 * abs(float(want)), f"{where}: {got} != {want}"
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), f"{where}: {got} != {want}"
+        for key in want:
+            assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, (list, tuple, np.ndarray)):
+        assert len(got) == len(want), f"{where}: {got} != {want}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    """task -> ONNX artifact folder: the demo MLM, and trained demo heads for the other three."""
+    from mbert_export.export import export_onnx, load_model_for_task
+
+    root = tmp_path_factory.mktemp("serving-artifacts")
+    made = {}
+    for task in TASKS:
+        checkpoint = DEFAULT_CHECKPOINT if task == "mlm" else demo_task_checkpoint(
+            task, root / task / "checkpoint", steps=30, count=128)
+        folder = root / task / "onnx"
+        export_onnx(load_model_for_task(checkpoint, task), task, folder / "model.onnx", max_seq_len=MAX_SEQ,
+                    tokenizer_dir=checkpoint, verify=False)
+        made[task] = folder
+    return made
+
+
+@pytest.fixture(scope="module")
+def runtimes(artifacts):
+    made = {task: OrtMegatronBert(folder) for task, folder in artifacts.items()}
+    yield made
+    for runtime in made.values():
+        runtime.close()
+
+
+def _names(task: str) -> str:
+    return {"sequence-classification": "cls", "token-classification": "ner", "question-answering": "qa"}.get(task, task)
+
+
+@pytest.fixture(scope="module")
+def python_server(artifacts, tmp_path_factory):
+    """One tritonserver serving the four tasks in the python layout; stopped (and checked) by the last test."""
+    from mbert_export.serving.repository import write_repository
+    from mbert_export.serving.server import start_server
+
+    _tritonclient()
+    env = _server_env()
+    repository = tmp_path_factory.mktemp("python-layout") / "repository"
+    write_repository([artifacts[t] for t in TASKS], repository, names=[_names(t) for t in TASKS], layout="python",
+                     max_queue_delay_us=QUEUE_DELAY_US, threads=1)
+    server = start_server(repository, python_env=env, timeout=180)
+    yield server
+    server.stop()
+
+
+def _client(server, task: str, protocol: str):
+    from mbert_export.serving import TritonMegatronBert
+
+    url = server.http_url if protocol == "http" else server.grpc_url
+    return TritonMegatronBert(url, _names(task), protocol, timeout=60)
+
+
+def _calls(task: str):
+    """(method, args, kwargs) exercising single and list inputs and a few options."""
+    if task == "mlm":
+        return [("fill_mask", (MLM_TEXTS[0],), {}), ("fill_mask", (MLM_TEXTS,), {"top_k": 3}),
+                ("fill_mask", ("The [MASK] is a [MASK].",), {"top_k": 2}),
+                ("fill_mask", (MLM_TEXTS[1],), {"targets": ["value", "list"]})]
+    if task == "sequence-classification":
+        return [("classify", (TEXTS[0],), {}), ("classify", (TEXTS,), {"top_k": None}),
+                ("classify", (TEXTS[:2],), {"text_pair": TEXTS[2:], "function_to_apply": "sigmoid"})]
+    if task == "token-classification":
+        return [("classify_tokens", (TEXTS[0],), {}), ("classify_tokens", (TEXTS,), {"aggregation": "simple"}),
+                ("classify_tokens", (TEXTS[2],), {"ignore_labels": []})]
+    return [("answer_question", (QUESTION, TEXTS[0]), {}),
+            ("answer_question", ([QUESTION] * 4, TEXTS), {"top_k": 2}),
+            ("answer_question", (QUESTION, " ".join(TEXTS * 3)), {"max_answer_len": 5})]
+
+
+# ---------------------------------------------------------------------------- configs (no server)
+def test_every_config_parses_and_matches_the_graph(artifacts, tmp_path):
+    _tritonclient()
+    import onnx
+    from tritonclient.grpc import model_config_pb2
+
+    from mbert_export.serving.repository import parse_config, write_repository
+
+    python = write_repository(list(artifacts.values()), tmp_path / "py", names=[_names(t) for t in TASKS],
+                              preferred_batch=[4, 8], instances=2)
+    ensemble = write_repository([artifacts["mlm"], artifacts["token-classification"]], tmp_path / "ens",
+                                names=["mlm", "ner"], layout="ensemble")
+    assert [e.name for e in ensemble] == ["mlm_tokenize", "mlm_model", "mlm_postprocess", "mlm",
+                                          "ner_tokenize", "ner_model", "ner_postprocess", "ner"]
+    types = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16"}
+    for entry in python + ensemble:
+        root = tmp_path / ("py" if entry in python else "ens")
+        config = parse_config((root / entry.name / "config.pbtxt").read_text())
+        assert config.name == entry.name and config.max_batch_size == 32  # plain exports: the runtime's default
+        ios = {t.name: (t.data_type, list(t.dims), getattr(t, "optional", False)) for t in list(config.input) + list(config.output)}
+        if entry.kind in ("python", "ensemble") and not entry.name.endswith(("_tokenize", "_postprocess")):
+            assert ios["RESULT"][:2] == (model_config_pb2.DataType.Value("TYPE_STRING"), [1])
+        if entry.kind == "onnxruntime_onnx":
+            graph = onnx.load(str(root / entry.name / "1" / "model.onnx"), load_external_data=False).graph
+            for value in list(graph.input) + list(graph.output):
+                dims = [d.dim_value if d.dim_value else -1 for d in value.type.tensor_type.shape.dim][1:]
+                want = model_config_pb2.DataType.Value(types[value.type.tensor_type.elem_type])
+                assert ios[value.name][:2] == (want, dims), value.name
+            assert len(ios) == len(graph.input) + len(graph.output)
+            assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
+        if entry in python:
+            assert config.dynamic_batching.preferred_batch_size == [4, 8] and config.instance_group[0].count == 2
+            assert (root / entry.name / "1" / "mbert_export" / "runtime" / "pipeline.py").is_file()
+            bundled = "".join(p.read_text() for p in (root / entry.name / "1").rglob("*.py"))
+            assert not re.search(r"^\s*(import|from)\s+(torch|transformers)\b", bundled, re.M)
+    cls = parse_config((tmp_path / "py" / "cls" / "config.pbtxt").read_text())
+    assert [(i.name, i.optional) for i in cls.input] == [("TEXT", False), ("TEXT_PAIR", True)]
+    qa = parse_config((tmp_path / "py" / "qa" / "config.pbtxt").read_text())
+    assert [i.name for i in qa.input] == ["QUESTION", "CONTEXT"]
+    assert {p: qa.parameters[p].string_value for p in ("task", "top_k", "max_answer_len")} == {
+        "task": "question-answering", "top_k": "1", "max_answer_len": "15"}
+
+
+def test_engine_folders_get_tensorrt_configs(artifacts, tmp_path):
+    _tritonclient()
+    from mbert_export.serving.repository import parse_config, write_repository
+
+    folder = tmp_path / "engine"
+    shutil.copytree(artifacts["mlm"], folder)
+    (folder / "engine.plan").write_bytes(b"not a real engine")
+    (folder / "build.json").write_text(json.dumps({
+        "task": "mlm", "precision": "fp16", "engine": "engine.plan", "max_seq_len": MAX_SEQ,
+        "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64], "num_choices": [2, 4, 8]},
+                     {"batch": [1, 8, 16], "sequence": [1, 16, 32], "num_choices": [2, 4, 8]}]}))
+    entries = {e.name: e for e in write_repository([folder], tmp_path / "repo", layout="ensemble")}
+    model = parse_config(entries["engine_model"].config)
+    assert model.platform == "tensorrt_plan" and model.max_batch_size == 16
+    assert model.instance_group[0].kind == model.instance_group[0].KIND_GPU
+    assert (tmp_path / "repo" / "engine_model" / "1" / "model.plan").read_bytes() == b"not a real engine"
+    python = write_repository([folder], tmp_path / "py")[0]
+    assert parse_config(python.config).parameters["backend"].string_value == "tensorrt"
+    cpu = write_repository([folder], tmp_path / "cpu", backend="onnxruntime")[0]
+    assert parse_config(cpu.config).instance_group[0].kind == model.instance_group[0].KIND_CPU
+    assert not (tmp_path / "cpu" / "engine" / "1" / "artifact" / "engine.plan").exists()
+
+
+def test_bad_repository_requests_write_nothing(artifacts, tmp_path):
+    from mbert_export.serving.repository import write_repository
+
+    with pytest.raises(ValueError, match="question answering splits long contexts"):
+        write_repository([artifacts["mlm"], artifacts["question-answering"]], tmp_path / "r", names=["mlm", "qa"],
+                         layout="ensemble")
+    with pytest.raises(ValueError, match="two models would be called"):
+        write_repository([artifacts["mlm"], artifacts["mlm"]], tmp_path / "r")
+    with pytest.raises(ValueError, match="one --name per artifact"):
+        write_repository([artifacts["mlm"]], tmp_path / "r", names=["a", "b"])
+    with pytest.raises(ValueError, match="does not exist"):
+        write_repository([tmp_path / "missing"], tmp_path / "r")
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))
+    write_repository([artifacts["mlm"]], tmp_path / "r")
+    with pytest.raises(FileExistsError):
+        write_repository([artifacts["mlm"]], tmp_path / "r")
+
+
+# ---------------------------------------------------------------------------- python layout, real server
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("task", TASKS)
+def test_python_layout_answers_equal_the_runtime(python_server, runtimes, task, protocol):
+    with _client(python_server, task, protocol) as client:
+        assert client.task.name == task and client.ready()
+        for method, args, kwargs in _calls(task):
+            want = getattr(runtimes[task], method)(*args, **kwargs)
+            assert_same(getattr(client, method)(*args, **kwargs), want, f"{task} {method}{args}")
+
+
+def test_concurrent_clients_are_batched_and_answer_as_serial(python_server, runtimes):
+    """8 threads x 12 requests each (bounded), mixed single texts; batches > 1 in the server's statistics."""
+    from mbert_export.serving import TritonMegatronBert
+
+    texts = MLM_TEXTS * 3
+    serial = {t: runtimes["mlm"].fill_mask(t, top_k=3) for t in set(texts)}
+    before = TritonMegatronBert(python_server.http_url, "mlm").batch_sizes()
+    results: dict[tuple[int, int], object] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8, timeout=60)
+
+    def worker(index: int) -> None:
+        try:
+            protocol = "grpc" if index % 2 else "http"
+            with _client(python_server, "mlm", protocol) as client:
+                barrier.wait()
+                for j in range(12):
+                    results[index, j] = client.fill_mask(texts[(index + j) % len(texts)], top_k=3)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(t.is_alive() for t in threads) and time.monotonic() - start < 120
+    assert not errors, errors
+    assert len(results) == 96
+    for (index, j), got in results.items():
+        assert_same(got, serial[texts[(index + j) % len(texts)]], f"client {index} request {j}")
+    after = TritonMegatronBert(python_server.http_url, "mlm").batch_sizes()
+    executed = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+    assert sum(size * count for size, count in executed.items()) == 96
+    assert max(size for size, count in executed.items() if count) > 1, executed
+
+
+def test_bad_requests_fail_alone_in_one_batch(python_server, runtimes):
+    """Good and bad requests sent at once (one dynamic batch): each bad one gets its own error."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    long_text = "[MASK] " + "word " * 200
+    cases = [("good", MLM_TEXTS[0], {}), ("no mask", "There is no mask here.", {}),
+             ("good", MLM_TEXTS[1], {}), ("too long", long_text, {}), ("wrong task", MLM_TEXTS[2], {"method": "classify"}),
+             ("bad option", MLM_TEXTS[3], {"top_k": "0"}), ("unknown option", MLM_TEXTS[3], {"beam": "2"}),
+             ("good", MLM_TEXTS[4], {"top_k": "2"}), ("truncated", long_text, {"truncation": "true"})]
+    replies: dict[int, object] = {}
+    barrier = threading.Barrier(len(cases), timeout=60)
+
+    def send(index: int, text: str, params: dict) -> None:  # one client per thread, all sent at once
+        client = grpcclient.InferenceServerClient(python_server.grpc_url)
+        tensor = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+        barrier.wait()
+        try:
+            reply = client.infer("mlm", [tensor], parameters=params, client_timeout=60)
+            replies[index] = [json.loads(r[0]) for r in reply.as_numpy("RESULT")]
+        except InferenceServerException as exc:
+            replies[index] = exc
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=send, args=(i, text, params)) for i, (_, text, params) in enumerate(cases)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert len(replies) == len(cases)
+    messages = {"no mask": "has no [MASK] token", "too long": "pass truncation=True",
+                "wrong task": "classify() needs an artifact exported for task 'sequence-classification'",
+                "bad option": "top_k must be a positive integer", "unknown option": "unknown option(s) beam"}
+    for index, (kind, text, params) in enumerate(cases):
+        if kind in messages:
+            assert not isinstance(replies[index], list) and messages[kind] in replies[index].message(), kind
+        else:
+            options = {k: json.loads(v) for k, v in params.items()}
+            assert_same(replies[index], [runtimes["mlm"].fill_mask(text, **options)])
+    with _client(python_server, "mlm", "http") as mlm:
+        assert mlm.ready()
+        assert_same(mlm.fill_mask(MLM_TEXTS[0]), runtimes["mlm"].fill_mask(MLM_TEXTS[0]))
+        with pytest.raises(ValueError, match="has no \\[MASK\\] token"):
+            mlm.fill_mask(["A [MASK] here.", "none here"])
+        with pytest.raises(ValueError, match="classify\\(\\) needs an artifact"):
+            mlm.classify("text")
+
+
+def test_python_server_stops_without_leftovers(python_server):
+    pid, group = python_server.pid, python_server.processes()
+    assert pid in group and len(group) >= 5  # the server and one stub per model
+    python_server.stop()
+    assert python_server.processes() == []
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+# ---------------------------------------------------------------------------- ensemble layout
+def test_ensemble_tokenize_and_postprocess_run_for_real(artifacts, runtimes, tmp_path):
+    """Ensemble with the ONNX STAND-IN as its middle model (see the module docstring)."""
+    _tritonclient()
+    env = _server_env()
+    from mbert_export.serving.repository import parse_config, write_repository
+    from mbert_export.serving.server import start_server
+
+    tasks = ["mlm", "sequence-classification", "token-classification"]
+    repository = tmp_path / "repository"
+    write_repository([artifacts[t] for t in tasks], repository, names=[_names(t) for t in tasks], layout="ensemble",
+                     max_queue_delay_us=QUEUE_DELAY_US)
+    for task in tasks:  # the stand-in: same config, python backend instead of onnxruntime_onnx
+        folder = repository / f"{_names(task)}_model"
+        text = (folder / "config.pbtxt").read_text()
+        assert 'platform: "onnxruntime_onnx"' in text
+        standin = text.replace('platform: "onnxruntime_onnx"', 'backend: "python"')
+        original, swapped = parse_config(text), parse_config(standin)
+        assert (original.input, original.output, original.max_batch_size) == (
+            swapped.input, swapped.output, swapped.max_batch_size)
+        (folder / "config.pbtxt").write_text(standin)
+        shutil.copyfile(STANDIN, folder / "1" / "model.py")
+    server = start_server(repository, python_env=env, timeout=180)
+    try:
+        for protocol in ("http", "grpc"):
+            for task in tasks:
+                with _client(server, task, protocol) as client:
+                    for method, args, kwargs in _calls(task):
+                        if "text_pair" in kwargs:  # optional inputs are the python layout's
+                            continue
+                        want = getattr(runtimes[task], method)(*args, **kwargs)
+                        assert_same(getattr(client, method)(*args, **kwargs), want, f"ensemble {task} {method}")
+        with _client(server, "mlm", "http") as mlm:
+            with pytest.raises(ValueError, match="has no \\[MASK\\] token"):
+                mlm.fill_mask("There is no mask here.")
+            assert mlm.ready()
+            assert_same(mlm.fill_mask(MLM_TEXTS[:2], top_k=2), runtimes["mlm"].fill_mask(MLM_TEXTS[:2], top_k=2))
+        group = server.processes()
+        assert len(group) >= 1 + 3 * len(tasks)
+    finally:
+        server.stop()
+    assert server.processes() == []
