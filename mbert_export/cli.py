@@ -386,8 +386,17 @@ def run_serve(args: argparse.Namespace) -> int:
     import time
 
     from .serving.repository import write_repository
-    from .serving.server import ServerError, start_server
+    from .serving.server import ServerError, find_tritonserver, start_server
 
+    try:
+        install, _ = find_tritonserver(args.python_env)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if install.pytriton_root is not None and args.layout == "ensemble":
+        raise ValueError(f"the tritonserver of nvidia-pytriton ({install.binary}) has only the python backend; the "
+                         "ensemble layout needs the onnxruntime/tensorrt backends of NVIDIA's tritonserver "
+                         "container: use --layout python here")
     with tempfile.TemporaryDirectory(prefix="mbert-serve-") as work:
         repository = f"{work}/repository"
         entries = write_repository([args.artifact], repository, names=[args.name] if args.name else None,

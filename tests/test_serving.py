@@ -383,3 +383,61 @@ def test_ensemble_tokenize_and_postprocess_run_for_real(artifacts, runtimes, tmp
     finally:
         server.stop()
     assert server.processes() == []
+
+
+# ---------------------------------------------------------------------------- command line
+def test_triton_command_writes_a_repository_and_reports_errors(artifacts, tmp_path, capsys):
+    from mbert_export.cli import main
+
+    assert main(["triton", str(artifacts["mlm"]), "--repository", str(tmp_path / "repo"), "--name", "mlm",
+                 "--layout", "ensemble", "--instances", "2", "--preferred-batch", "4", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "mlm_model: onnxruntime_onnx (model.onnx)" in out and (tmp_path / "repo" / "mlm" / "config.pbtxt").is_file()
+    assert main(["triton", str(artifacts["question-answering"]), "--repository", str(tmp_path / "qa"),
+                 "--layout", "ensemble"]) == 2
+    assert "use --layout python" in capsys.readouterr().err and not (tmp_path / "qa").exists()
+
+
+def test_serve_command_serves_until_sigterm(artifacts, runtimes):
+    """`mbert-export serve` in a subprocess: prints its URLs, answers, and stops with its models on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    _tritonclient()
+    env = _server_env()
+    command = [sys.executable, "-m", "mbert_export", "serve", str(artifacts["mlm"]), "--name", "mlm",
+               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--python-env", env]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("Ctrl-C stops" in line for line in lines):
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        url = next(line.split("'")[1] for line in lines if "TritonMegatronBert(" in line)
+        assert url.startswith("127.0.0.1:")
+        from mbert_export.serving import TritonMegatronBert
+
+        with TritonMegatronBert(url, "mlm") as client:
+            assert_same(client.fill_mask(MLM_TEXTS[0]), runtimes["mlm"].fill_mask(MLM_TEXTS[0]))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        stderr = process.stderr.read()
+        repository = next(line.split(" on ", 1)[1].strip() for line in stderr.splitlines() if "starting tritonserver" in line)
+        assert "tritonserver stopped (status 0)" in stderr
+        leftovers = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if repository in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                        leftovers.append(entry.name)
+                except OSError:
+                    pass
+        assert leftovers == [] and not Path(repository).exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)

@@ -150,7 +150,7 @@ class TritonMegatronBert:
     def _call(self, method: str, *args, **kwargs):
         if method not in self.methods:
             raise wrong_task_error(method, self.task.name, self.methods, f"model {self.name!r} at {self.url}")
-        bound = inspect.signature(getattr(MegatronBertPipeline, method)).bind(None, *args, **kwargs)
+        bound = _signature(method).bind(None, *args, **kwargs)
         arguments = dict(bound.arguments)
         arguments.pop("self")
         columns, single = self._rows(method, arguments)
@@ -160,6 +160,11 @@ class TritonMegatronBert:
             vectors = np.asarray(results, dtype=np.float32)
             return vectors[0] if single else vectors
         return results[0] if single else results
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(method: str) -> inspect.Signature:
+    return inspect.signature(getattr(MegatronBertPipeline, method))
 
 
 def _client_method(method: str):

@@ -12,6 +12,7 @@ method's options, each a JSON-encoded string; config parameters hold the default
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 from typing import Any
@@ -37,13 +38,18 @@ OPTIONAL_ARGUMENTS = {("classify", "text_pair")}
 JSON_INPUTS = {"CHOICES"}
 
 
-def method_options(method: str) -> dict[str, Any]:
-    """The keyword options of a runtime method and their defaults (the pipeline's own signature)."""
+@functools.lru_cache(maxsize=None)
+def _options(method: str) -> tuple[tuple[str, Any], ...]:
     from ..runtime.pipeline import MegatronBertPipeline
 
     signature = inspect.signature(getattr(MegatronBertPipeline, method))
-    return {name: p.default for name, p in signature.parameters.items()
-            if name != "self" and name not in METHOD_INPUTS[method]}
+    return tuple((name, p.default) for name, p in signature.parameters.items()
+                 if name != "self" and name not in METHOD_INPUTS[method])
+
+
+def method_options(method: str) -> dict[str, Any]:
+    """The keyword options of a runtime method and their defaults (the pipeline's own signature)."""
+    return dict(_options(method))
 
 
 def task_inputs(task: Task) -> dict[str, bool]:
