@@ -441,3 +441,77 @@ def test_serve_command_serves_until_sigterm(artifacts, runtimes):
         if process.poll() is None:
             process.kill()
             process.wait(30)
+
+
+# ---------------------------------------------------------------------------- the python model, in-process
+class _FakeTensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        return self.array
+
+
+class _FakeRequest:
+    def __init__(self, texts, parameters=None):
+        self.inputs = {"TEXT": _FakeTensor("TEXT", np.array([[t.encode()] for t in texts], dtype=np.object_))}
+        self._parameters = json.dumps(parameters or {})
+
+    def parameters(self):
+        return self._parameters
+
+
+def _fake_pb_utils():
+    import types
+
+    class Response:
+        def __init__(self, output_tensors=(), error=None):
+            self.output_tensors, self.error = list(output_tensors), error
+
+    class Error:
+        def __init__(self, message):
+            self.text = message
+
+        def message(self):
+            return self.text
+
+    return types.SimpleNamespace(Tensor=_FakeTensor, InferenceResponse=Response, TritonError=Error,
+                                 get_input_tensor_by_name=lambda request, name: request.inputs.get(name))
+
+
+def test_runtime_model_runs_a_dynamic_batch_as_one_call(artifacts, runtimes, tmp_path, monkeypatch):
+    """RuntimeModel.execute with Triton's python-backend API faked: one pipeline call per batch; a bad
+    request is answered with its own error and the rest of the batch still in one call each."""
+    _tritonclient()
+    from google.protobuf import json_format
+
+    from mbert_export.serving.repository import parse_config, write_repository
+    from mbert_export.serving.triton_models import RuntimeModel
+
+    entry = write_repository([artifacts["mlm"]], tmp_path / "repo", names=["mlm"])[0]
+    monkeypatch.setitem(__import__("sys").modules, "triton_python_backend_utils", _fake_pb_utils())
+    config = json_format.MessageToJson(parse_config(entry.config), preserving_proto_field_name=True)
+    model = RuntimeModel()
+    model.initialize({"model_config": config, "model_repository": str(tmp_path / "repo" / "mlm"),
+                      "model_version": "1"})
+    calls = []
+    original = model.pipeline.fill_mask
+    monkeypatch.setattr(model.pipeline, "fill_mask", lambda text, **kw: calls.append(len(text)) or original(text, **kw))
+
+    def answers(responses):
+        return [r.error.message() if r.error else [json.loads(v[0]) for v in r.output_tensors[0].as_numpy()]
+                for r in responses]
+
+    good = [_FakeRequest(MLM_TEXTS[:2]), _FakeRequest([MLM_TEXTS[2]]), _FakeRequest([MLM_TEXTS[3]], {"top_k": "2"})]
+    got = answers(model.execute(good))
+    assert calls == [3, 1]  # the two default-option requests in one call, the top_k=2 one apart
+    assert_same(got, [runtimes["mlm"].fill_mask(MLM_TEXTS[:2]), [runtimes["mlm"].fill_mask(MLM_TEXTS[2])],
+                      [runtimes["mlm"].fill_mask(MLM_TEXTS[3], top_k=2)]])
+    calls.clear()
+    mixed = [_FakeRequest([MLM_TEXTS[0]]), _FakeRequest(["no mask at all"]), _FakeRequest([MLM_TEXTS[1]]),
+             _FakeRequest([MLM_TEXTS[2]], {"method": "answer_question"})]
+    got = answers(model.execute(mixed))
+    assert "has no [MASK] token" in got[1] and "answer_question() needs an artifact" in got[3]
+    assert_same([got[0], got[2]], [[runtimes["mlm"].fill_mask(MLM_TEXTS[0])], [runtimes["mlm"].fill_mask(MLM_TEXTS[1])]])
+    assert calls == [3, 1, 1, 1]  # the failing joint call, then each of its requests alone
+    model.finalize()
