@@ -365,9 +365,9 @@ def run_triton(args: argparse.Namespace) -> int:
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve an artifact with a local tritonserver (HTTP + gRPC) until Ctrl-C",
-        description="Write a model repository for ARTIFACT to a temp folder and run tritonserver on it: the one on "
-                    "PATH, else the one nvidia-pytriton installs (python backend only, so --layout python). Stops "
-                    "with its model processes on Ctrl-C or SIGTERM.")
+        description="Write a model repository for ARTIFACT to a temp folder and run tritonserver on it: the one "
+                    "nvidia-pytriton installed in --python-env (python backend only, so --layout python), else the "
+                    "one on PATH. Stops with its model processes on Ctrl-C or SIGTERM.")
     p.add_argument("artifact", help="artifact folder")
     p.add_argument("--name", help="model name (default: the artifact folder's name)")
     p.add_argument("--http-port", type=int, default=8000)

@@ -515,3 +515,19 @@ def test_runtime_model_runs_a_dynamic_batch_as_one_call(artifacts, runtimes, tmp
     assert_same([got[0], got[2]], [[runtimes["mlm"].fill_mask(MLM_TEXTS[0])], [runtimes["mlm"].fill_mask(MLM_TEXTS[1])]])
     assert calls == [3, 1, 1, 1]  # the failing joint call, then each of its requests alone
     model.finalize()
+
+
+def test_server_environment_problems_are_named(tmp_path):
+    import sys
+
+    from mbert_export.serving.server import ServerError, _check_model_env, find_tritonserver, start_server
+
+    with pytest.raises(ServerError, match="not a Python environment"):
+        find_tritonserver(tmp_path)
+    with pytest.raises(ServerError, match="not a model repository"):
+        start_server(tmp_path / "missing", python_env=SERVER_ENV or sys.prefix)
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:  # this test env's numpy: refused as a model env
+        with pytest.raises(ServerError, match="crashes on string inputs with numpy 2"):
+            _check_model_env(Path(sys.prefix))

@@ -48,7 +48,7 @@ def _import(protocol: str):
 class TritonMegatronBert:
     """A model served by Triton (written by `mbert-export triton`), with the runtime's task methods."""
 
-    def __init__(self, url: str = "localhost:8000", name: str = "model", protocol: str = "http", *,
+    def __init__(self, url: str, name: str, protocol: str = "http", *,
                  timeout: float = 120.0, model_version: str = ""):
         self._module, self._server_error = _import(protocol)
         self.url, self.name, self.protocol, self.model_version = url, name, protocol, model_version

@@ -5,7 +5,8 @@
 
 `python_env` is the virtual environment whose Python runs the python-backend models (it needs
 numpy < 2 for tritonserver 2.51's stub, tokenizers and onnxruntime); default: $MBERT_TRITON_ENV,
-else this interpreter's environment. With nvidia-pytriton's bundled server (python backend only) a
+else this interpreter's environment. The server is nvidia-pytriton's from a named environment, else
+`tritonserver` on PATH, else nvidia-pytriton's from this one. With nvidia-pytriton's bundled server (python backend only) a
 private backend folder is made with COPIES of its python backend and the stub for that env's Python
 (symlinks are refused as escaping the backend directory), and its bundled libraries go on
 LD_LIBRARY_PATH (the copied stub loses its RPATH). The server binds to 127.0.0.1 unless told
@@ -60,25 +61,34 @@ class ServerInstall:
 
 
 def find_tritonserver(python_env: str | os.PathLike | None = None) -> tuple[ServerInstall, Path]:
-    """(the tritonserver to run, the model environment): `tritonserver` on PATH first (NVIDIA's
-    container), else the one nvidia-pytriton installs into the model environment."""
-    env = Path(python_env or os.environ.get(ENV_VARIABLE) or sys.prefix).resolve()
+    """(the tritonserver to run, the model environment). With a model environment named (argument or
+    $MBERT_TRITON_ENV), the nvidia-pytriton server installed there comes first; else `tritonserver`
+    on PATH (NVIDIA's container), else nvidia-pytriton in this interpreter's environment."""
+    named = python_env or os.environ.get(ENV_VARIABLE)
+    env = Path(named or sys.prefix).resolve()
     if not (env / "bin" / "python").exists():
         raise ServerError(f"{env} is not a Python environment (no bin/python); pass the server venv "
                           f"(python_env=... / --python-env / ${ENV_VARIABLE})")
-    for site in _site_packages(env):
-        root = site / "pytriton" / "tritonserver"
-        if (root / "bin" / "tritonserver").is_file():
-            version = site.parent.name.removeprefix("python")
-            return ServerInstall(root / "bin" / "tritonserver", root, version,
-                                 [p for p in (site / "nvidia_pytriton.libs",) if p.is_dir()]), env
+
+    def bundled() -> ServerInstall | None:
+        for site in _site_packages(env):
+            root = site / "pytriton" / "tritonserver"
+            if (root / "bin" / "tritonserver").is_file():
+                version = site.parent.name.removeprefix("python")
+                return ServerInstall(root / "bin" / "tritonserver", root, version,
+                                     [p for p in (site / "nvidia_pytriton.libs",) if p.is_dir()])
+        return None
+
     on_path = shutil.which("tritonserver")
+    found = bundled() if named or not on_path else None
+    if found is not None:
+        return found, env
     if on_path:
         version = _site_packages(env)[0].parent.name.removeprefix("python") if _site_packages(env) else ""
         return ServerInstall(Path(on_path), None, version), env
-    raise ServerError(f"no tritonserver found: none on PATH and no nvidia-pytriton in {env}; install the serving "
-                      f"extra there (pip install 'mbert-export[serve]' 'numpy<2') or run in NVIDIA's tritonserver "
-                      "container")
+    raise ServerError(f"no tritonserver found: none on PATH and no nvidia-pytriton in {env}; make a server venv "
+                      f"(pip install --no-deps nvidia-pytriton && pip install 'numpy<2' tokenizers onnxruntime) "
+                      f"and pass it (--python-env / ${ENV_VARIABLE}), or run in NVIDIA's tritonserver container")
 
 
 def _backend_dir(install: ServerInstall, workdir: Path) -> Path:
@@ -95,6 +105,25 @@ def _backend_dir(install: ServerInstall, workdir: Path) -> Path:
                 source / "backends" / "python" / "triton_python_backend_utils.py", stub):
         shutil.copy2(src, target / src.name)
     return workdir / "backends"
+
+
+def _check_model_env(env: Path) -> None:
+    """Refuse a model environment the 2.51 python stub cannot serve (numpy >= 2 crashes it on the first
+    string input) or that lacks what the python models import."""
+    probe = ("import importlib.util, numpy; print(numpy.__version__); "
+             "print(','.join(m for m in ('tokenizers', 'onnxruntime') if importlib.util.find_spec(m) is None))")
+    try:
+        out = subprocess.run([str(env / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServerError(f"cannot run the Python of {env}: {exc}") from None
+    if out.returncode != 0:
+        raise ServerError(f"{env} has no numpy (the python backend needs numpy < 2): {out.stderr.strip()[-300:]}")
+    version, missing = (out.stdout.splitlines() + ["", ""])[:2]
+    if int(version.split(".")[0]) >= 2:
+        raise ServerError(f"{env} has numpy {version}: tritonserver 2.51's python stub crashes on string inputs "
+                          "with numpy 2; install numpy<2 there (a venv of its own)")
+    if missing:
+        raise ServerError(f"{env} lacks {missing}, which the python models import: pip install {missing.replace(',', ' ')}")
 
 
 class TritonServer:
@@ -212,6 +241,7 @@ def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port
     environ["VIRTUAL_ENV"] = str(env)
     environ.pop("PYTHONHOME", None)
     if install.pytriton_root is not None:
+        _check_model_env(env)
         command.append(f"--backend-directory={_backend_dir(install, work)}")
         libraries = [str(p) for p in install.library_dirs] + [environ.get("LD_LIBRARY_PATH", "")]
         environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libraries if p)
