@@ -402,28 +402,37 @@ def run_serve(args: argparse.Namespace) -> int:
         entries = write_repository([args.artifact], repository, names=[args.name] if args.name else None,
                                    **_repository_options(args))
         progress(f"serve: starting tritonserver on {repository}")
+
+        def interrupt(signum, frame):  # SIGTERM behaves as Ctrl-C: the server and its models are stopped
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
         try:
-            server = start_server(repository, http_port=args.http_port, grpc_port=args.grpc_port,
-                                  metrics_port=args.metrics_port, host=args.host, python_env=args.python_env)
-        except ServerError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        stop = []
-        handler = lambda signum, frame: stop.append(signum)  # noqa: E731
-        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
+            try:
+                server = start_server(repository, http_port=args.http_port, grpc_port=args.grpc_port,
+                                      metrics_port=args.metrics_port, host=args.host, python_env=args.python_env)
+            except ServerError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:  # start_server has stopped what it started
+                progress("serve: interrupted while starting")
+                return 130
             name = entries[-1].name
             print(f"serving {args.artifact} as model {name!r}:\n  HTTP    http://{server.http_url}/v2/models/{name}\n"
                   f"  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}\n"
                   f"  client  TritonMegatronBert({server.http_url!r}, {name!r})\nCtrl-C stops.", flush=True)
-            while not stop and server.process.poll() is None:
-                time.sleep(0.2)
+            interrupted = False
+            try:
+                while server.process.poll() is None:
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                status = server.stop()
         finally:
-            status = server.stop()
-            for s, h in previous.items():
-                signal.signal(s, h)
+            signal.signal(signal.SIGTERM, previous)
         progress(f"serve: tritonserver stopped (status {status})")
-        return 0 if stop else 1
+        return 0 if interrupted else 1
 
 
 # ---------------------------------------------------------------------------- main
