@@ -124,7 +124,7 @@ def markdown(report: dict) -> str:
              f"{m['cpu']}, {m['cores']} cores, ONNX Runtime {report['threads']} intra-op threads everywhere, "
              f"tritonserver {report['server']}, N client threads (TritonMegatronBert over HTTP on 127.0.0.1; in-process: N threads on one runtime), one sentence per request, "
              f"{report['rounds']} interleaved rounds of {report['seconds']} s per cell; dynamic batching with "
-             f"max_queue_delay {report['max_queue_delay_us']} us. Clients and server share the machine; "
+             f"max_queue_delay {report['max_queue_delay_us']} us, {report.get('instances', 1)} model instance(s). Clients and server share the machine; "
              "in-process batched latency is the whole batch's.", "",
              "| clients | mode | requests/s | p50 ms | p99 ms | requests | vs in-process batched | client CPU ms/request |",
              "|---|---|---|---|---|---|---|---|"]
@@ -156,6 +156,7 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=5000, help="request bound per cell")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--max-queue-delay-us", type=int, default=500)
+    parser.add_argument("--instances", type=int, default=1, help="model instances in the server")
     parser.add_argument("--python-env", help="server venv (default $MBERT_TRITON_ENV)")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
@@ -171,15 +172,15 @@ def main() -> int:
         report = {"name": args.name, "artifact": str(args.artifact or "demo MLM (exported, max 128 tokens)"),
                   "precision": runtime.precision, "machine": machine(), "threads": args.threads,
                   "seconds": args.seconds, "rounds": args.rounds, "server": "2.51.0 (nvidia-pytriton 0.7.0)",
-                  "max_queue_delay_us": args.max_queue_delay_us, "results": []}
+                  "max_queue_delay_us": args.max_queue_delay_us, "instances": args.instances, "results": []}
         rows = report["results"]
         # Both Triton variants in one server (the idle model costs nothing), so that every cell of every
         # round runs interleaved with the others: the machine's load drifts, ratios within a round hold.
         repository = work / "repository"
         write_repository([artifact], repository, names=["mlm"], max_queue_delay_us=args.max_queue_delay_us,
-                         threads=args.threads)
+                         threads=args.threads, instances=args.instances)
         write_repository([artifact], work / "plain", names=["mlm_plain"], dynamic_batching=False,
-                         threads=args.threads)
+                         threads=args.threads, instances=args.instances)
         (work / "plain" / "mlm_plain").rename(repository / "mlm_plain")
         modes = {"in-process, threads": None, "in-process, batched": None,
                  "triton python, dynamic batching": "mlm", "triton python, no batching": "mlm_plain"}
