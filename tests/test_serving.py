@@ -111,13 +111,19 @@ def _names(task: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def python_server(artifacts, tmp_path_factory):
+def server_env() -> str:
+    """The server venv (checked before any artifact is built: skips fast where there is none)."""
+    _tritonclient()
+    return _server_env()
+
+
+@pytest.fixture(scope="module")
+def python_server(server_env, artifacts, tmp_path_factory):
     """One tritonserver serving the four tasks in the python layout; stopped (and checked) by the last test."""
     from mbert_export.serving.repository import write_repository
     from mbert_export.serving.server import start_server
 
-    _tritonclient()
-    env = _server_env()
+    env = server_env
     repository = tmp_path_factory.mktemp("python-layout") / "repository"
     write_repository([artifacts[t] for t in TASKS], repository, names=[_names(t) for t in TASKS], layout="python",
                      max_queue_delay_us=QUEUE_DELAY_US, threads=1)
@@ -348,10 +354,9 @@ def test_python_server_stops_without_leftovers(python_server):
 
 
 # ---------------------------------------------------------------------------- ensemble layout
-def test_ensemble_tokenize_and_postprocess_run_for_real(artifacts, runtimes, tmp_path):
+def test_ensemble_tokenize_and_postprocess_run_for_real(server_env, artifacts, runtimes, tmp_path):
     """Ensemble with the ONNX STAND-IN as its middle model (see the module docstring)."""
-    _tritonclient()
-    env = _server_env()
+    env = server_env
     from mbert_export.serving.repository import parse_config, write_repository
     from mbert_export.serving.server import start_server
 
@@ -404,14 +409,13 @@ def test_triton_command_writes_a_repository_and_reports_errors(artifacts, tmp_pa
     assert "use --layout python" in capsys.readouterr().err and not (tmp_path / "qa").exists()
 
 
-def test_serve_command_serves_until_sigterm(artifacts, runtimes):
+def test_serve_command_serves_until_sigterm(server_env, artifacts, runtimes):
     """`mbert-export serve` in a subprocess: prints its URLs, answers, and stops with its models on SIGTERM."""
     import signal
     import subprocess
     import sys
 
-    _tritonclient()
-    env = _server_env()
+    env = server_env
     command = [sys.executable, "-m", "mbert_export", "serve", str(artifacts["mlm"]), "--name", "mlm",
                "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--python-env", env]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
