@@ -312,9 +312,135 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- triton / serve (serving/)
+def _add_repository_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layout", choices=["python", "ensemble"], default=None,
+                   help="python: one python-backend model running this runtime (any tritonserver with the python "
+                        "backend); ensemble: tokenize -> onnxruntime_onnx/tensorrt_plan -> postprocess (NVIDIA's "
+                        "tritonserver container)")
+    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
+                   help="auto: TensorRT for a folder with engine.plan, else ONNX Runtime")
+    p.add_argument("--max-queue-delay-us", type=int, default=100,
+                   help="dynamic batching: longest wait for more requests, in microseconds (default 100)")
+    p.add_argument("--no-dynamic-batching", action="store_true", help="leave dynamic batching off")
+    p.add_argument("--preferred-batch", type=int, nargs="+", default=[], metavar="N",
+                   help="dynamic batching: preferred batch sizes")
+    p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count, default 1)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="python layout, ONNX Runtime: intra-op threads per instance (default: its own)")
+    p.add_argument("--sequence-bucket", type=int, default=16,
+                   help="ensemble: pad token ids to a multiple of this, so requests of similar length batch")
+
+
+def _repository_options(args: argparse.Namespace) -> dict:
+    return dict(layout=args.layout or "python", backend=args.backend, max_queue_delay_us=args.max_queue_delay_us,
+                dynamic_batching=not args.no_dynamic_batching, preferred_batch=args.preferred_batch,
+                instances=args.instances, threads=args.threads, sequence_bucket=args.sequence_bucket)
+
+
+def add_triton(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "triton", help="write a Triton Inference Server model repository for artifacts",
+        description="Write a Triton model repository serving each ARTIFACT (build folder, model.onnx or engine "
+                    "folder): clients send TEXT (and TEXT_PAIR, or QUESTION and CONTEXT) and get RESULT, the JSON "
+                    "of the runtime's task method. Configs take max_batch_size, dims and data types from the "
+                    "artifact. The repository is written to a temp folder and renamed into place.")
+    p.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder(s)")
+    p.add_argument("--repository", required=True, help="repository folder to write")
+    p.add_argument("--name", action="append", default=None,
+                   help="model name (one per artifact, repeatable; default: the artifact folder's name)")
+    _add_repository_options(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing repository folder")
+    p.set_defaults(run=run_triton)
+
+
+def run_triton(args: argparse.Namespace) -> int:
+    from .serving.repository import write_repository
+
+    entries = write_repository(args.artifacts, args.repository, names=args.name, overwrite=args.overwrite,
+                               **_repository_options(args))
+    for entry in entries:
+        print(f"{args.repository}/{entry.name}: {entry.kind}" + (f" ({', '.join(entry.files)})" if entry.files else ""))
+    return 0
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve", help="serve an artifact with a local tritonserver (HTTP + gRPC) until Ctrl-C",
+        description="Write a model repository for ARTIFACT to a temp folder and run tritonserver on it: the one "
+                    "nvidia-pytriton installed in --python-env (python backend only, so --layout python), else the "
+                    "one on PATH. Stops with its model processes on Ctrl-C or SIGTERM.")
+    p.add_argument("artifact", help="artifact folder")
+    p.add_argument("--name", help="model name (default: the artifact folder's name)")
+    p.add_argument("--http-port", type=int, default=8000)
+    p.add_argument("--grpc-port", type=int, default=8001)
+    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--python-env", help="virtual environment that runs the python models (numpy<2, tokenizers, "
+                                        "onnxruntime; default $MBERT_TRITON_ENV, else this one)")
+    _add_repository_options(p)
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import signal
+    import tempfile
+    import time
+
+    from .serving.repository import write_repository
+    from .serving.server import ServerError, find_tritonserver, start_server
+
+    try:
+        install, _ = find_tritonserver(args.python_env)
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if install.pytriton_root is not None and args.layout == "ensemble":
+        raise ValueError(f"the tritonserver of nvidia-pytriton ({install.binary}) has only the python backend; the "
+                         "ensemble layout needs the onnxruntime/tensorrt backends of NVIDIA's tritonserver "
+                         "container: use --layout python here")
+    with tempfile.TemporaryDirectory(prefix="mbert-serve-") as work:
+        repository = f"{work}/repository"
+        entries = write_repository([args.artifact], repository, names=[args.name] if args.name else None,
+                                   **_repository_options(args))
+        progress(f"serve: starting tritonserver on {repository}")
+
+        def interrupt(signum, frame):  # SIGTERM behaves as Ctrl-C: the server and its models are stopped
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, interrupt)
+        try:
+            try:
+                server = start_server(repository, http_port=args.http_port, grpc_port=args.grpc_port,
+                                      metrics_port=args.metrics_port, host=args.host, python_env=args.python_env)
+            except ServerError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:  # start_server has stopped what it started
+                progress("serve: interrupted while starting")
+                return 130
+            name = entries[-1].name
+            print(f"serving {args.artifact} as model {name!r}:\n  HTTP    http://{server.http_url}/v2/models/{name}\n"
+                  f"  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}\n"
+                  f"  client  TritonMegatronBert({server.http_url!r}, {name!r})\nCtrl-C stops.", flush=True)
+            interrupted = False
+            try:
+                while server.process.poll() is None:
+                    time.sleep(0.2)
+            except KeyboardInterrupt:
+                interrupted = True
+            finally:
+                status = server.stop()
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        progress(f"serve: tritonserver stopped (status {status})")
+        return 0 if interrupted else 1
+
+
 # ---------------------------------------------------------------------------- main
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, add_export, add_check, add_build,
                                                                       add_verify, add_compare, add_bench]
+SUBCOMMANDS += [add_triton, add_serve]  # serving/
 
 
 def build_parser() -> argparse.ArgumentParser:

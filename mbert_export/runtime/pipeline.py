@@ -33,6 +33,13 @@ def _tasks_with(method: str) -> list[str]:
     return [name for name, task in TASKS.items() if method in task.methods]
 
 
+def wrong_task_error(method: str, task: str, methods: Sequence[str], where: str) -> ValueError:
+    """The error for calling `method` on an artifact (or served model) of another task."""
+    owners = _tasks_with(method)
+    return ValueError(f"{method}() needs an artifact exported for task {' or '.join(repr(t) for t in owners)}, but "
+                      f"{where} was exported for task {task!r}, which offers: {', '.join(m + '()' for m in methods)}")
+
+
 class MegatronBertPipeline:
     """Task methods over a backend. Thread-safe when the backend is (both shipped backends are)."""
 
@@ -95,11 +102,7 @@ class MegatronBertPipeline:
 
     def _require(self, method: str) -> None:
         if method not in self.methods:
-            owners = _tasks_with(method)
-            raise ValueError(
-                f"{method}() needs an artifact exported for task {' or '.join(repr(t) for t in owners)}, but "
-                f"{self.artifact.name} was exported for task {self.task.name!r}, which offers: "
-                f"{', '.join(m + '()' for m in self.methods)}")
+            raise wrong_task_error(method, self.task.name, self.methods, self.artifact.name)
 
     def _tokenizer_for(self, method: str):
         if self.tokenizer is None:

@@ -1,0 +1,181 @@
+"""`TritonMegatronBert`: the runtime's task methods, answered by a Triton server.
+
+    mlm = TritonMegatronBert("localhost:8000", "mlm")          # protocol="grpc" for port 8001
+    mlm.fill_mask("Paris is the [MASK] of France.", top_k=3)   # same result as OrtMegatronBert(...)
+
+Each method has the signature and return value of the in-process method (`MegatronBertPipeline`);
+the server runs that very method (layout python) or its tokenization and post-processing around
+the graph (ensemble). Options not given take the model's config defaults. A request the server
+refuses raises `TritonRequestError` (a ValueError) with the server's message. One client per thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from typing import Any
+
+import numpy as np
+
+from ..runtime.pipeline import MegatronBertPipeline, wrong_task_error
+from ..tasks import get_task
+from .interface import JSON_INPUTS, METHOD, METHOD_INPUTS, RESULT, encode_option
+
+__all__ = ["TritonMegatronBert", "TritonRequestError"]
+
+
+class TritonRequestError(ValueError):
+    """The server answered a request with an error (bad input, wrong task, ...)."""
+
+
+def _import(protocol: str):
+    if protocol not in ("http", "grpc"):
+        raise ValueError(f"protocol must be 'http' or 'grpc', got {protocol!r}")
+    try:
+        if protocol == "http":
+            import tritonclient.http as module
+        else:
+            import tritonclient.grpc as module
+    except ImportError:
+        raise ImportError(f"TritonMegatronBert needs tritonclient: pip install 'tritonclient[{protocol}]' "
+                          "(or mbert-export[serve])") from None
+    from tritonclient.utils import InferenceServerException
+
+    return module, InferenceServerException
+
+
+class TritonMegatronBert:
+    """A model served by Triton (written by `mbert-export triton`), with the runtime's task methods."""
+
+    def __init__(self, url: str, name: str, protocol: str = "http", *,
+                 timeout: float = 120.0, model_version: str = ""):
+        self._module, self._server_error = _import(protocol)
+        self.url, self.name, self.protocol, self.model_version = url, name, protocol, model_version
+        options = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
+        self._as_json = {"as_json": True} if protocol == "grpc" else {}
+        self.client = self._module.InferenceServerClient(url, **options)
+        try:
+            config = self.client.get_model_config(name, model_version, **self._as_json)
+        except self._server_error as exc:
+            self.client.close()
+            raise TritonRequestError(f"cannot read the config of model {name!r} at {url}: {exc.message()}") from None
+        config = config.get("config", config)  # grpc (as_json) wraps it
+        self.config = config
+        self.parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
+        if "task" not in self.parameters:
+            self.client.close()
+            raise TritonRequestError(f"model {name!r} at {url} was not written by mbert-export triton (no task "
+                                     "parameter in its config)")
+        self.task = get_task(self.parameters["task"])
+        self.max_batch = int(config.get("max_batch_size") or 1)
+        self.input_names = {i["name"] for i in config.get("input", [])}
+        self.methods = tuple(m for m in self.task.methods if set(self._required(m)) <= self.input_names)
+
+    def __repr__(self) -> str:
+        return f"TritonMegatronBert({self.url!r}, {self.name!r}, protocol={self.protocol!r}, task={self.task.name!r})"
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @staticmethod
+    def _required(method: str) -> list[str]:
+        from .interface import OPTIONAL_ARGUMENTS
+
+        return [n for a, n in METHOD_INPUTS[method].items() if (method, a) not in OPTIONAL_ARGUMENTS]
+
+    def ready(self) -> bool:
+        return bool(self.client.is_model_ready(self.name, self.model_version))
+
+    def statistics(self) -> dict[str, Any]:
+        """The server's statistics of this model (counts, times, `batch_stats` per executed batch size)."""
+        stats = self.client.get_inference_statistics(self.name, self.model_version, **self._as_json)
+        models = stats.get("model_stats", [])
+        return models[0] if models else {}
+
+    def batch_sizes(self) -> dict[int, int]:
+        """Executed batch size -> how many times, from the server's statistics."""
+        return {int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in self.statistics().get("batch_stats", [])}
+
+    # ------------------------------------------------------------------ requests
+    def _rows(self, method: str, arguments: dict[str, Any]) -> tuple[dict[str, list[str]], bool]:
+        """Input tensor name -> one string per row, and whether the call was for a single item."""
+        columns: dict[str, list[str]] = {}
+        single = None
+        for argument, name in METHOD_INPUTS[method].items():
+            value = arguments.pop(argument, None)
+            if value is None:
+                continue
+            if name in JSON_INPUTS:  # a list per row (multiple choice)
+                rows = [value] if single else value
+                if not isinstance(rows, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in rows):
+                    raise ValueError("with a list of prompts, choices must be a list of choice lists, one per prompt")
+                texts = [json.dumps(list(r)) for r in rows]
+            else:
+                texts, is_single = MegatronBertPipeline._texts(value, argument)
+                single = is_single if single is None else single
+                if is_single != single:
+                    raise ValueError(f"{argument} must match the first texts: a str for a str, a list for a list")
+            if columns and len(texts) != len(next(iter(columns.values()))):
+                raise ValueError(f"{argument} must match the first texts: a list of the same length "
+                                 f"({len(next(iter(columns.values())))})")
+            columns[name] = texts
+        return columns, bool(single)
+
+    def _infer(self, columns: dict[str, list[str]], parameters: dict[str, str]) -> list[Any]:
+        rows = len(next(iter(columns.values())))
+        results: list[Any] = []
+        for start in range(0, rows, self.max_batch):
+            inputs = []
+            for name, texts in columns.items():
+                data = np.array([[t.encode("utf-8")] for t in texts[start:start + self.max_batch]], dtype=np.object_)
+                tensor = self._module.InferInput(name, list(data.shape), "BYTES")
+                tensor.set_data_from_numpy(data)
+                inputs.append(tensor)
+            outputs = [self._module.InferRequestedOutput(RESULT)]
+            try:
+                reply = self.client.infer(self.name, inputs, model_version=self.model_version, outputs=outputs,
+                                          parameters=parameters)
+            except self._server_error as exc:
+                raise TritonRequestError(exc.message() or str(exc)) from None
+            results += [json.loads(r[0]) for r in reply.as_numpy(RESULT)]
+        return results
+
+    def _call(self, method: str, *args, **kwargs):
+        if method not in self.methods:
+            raise wrong_task_error(method, self.task.name, self.methods, f"model {self.name!r} at {self.url}")
+        bound = _signature(method).bind(None, *args, **kwargs)
+        arguments = dict(bound.arguments)
+        arguments.pop("self")
+        columns, single = self._rows(method, arguments)
+        parameters = {METHOD: method, **{k: encode_option(v) for k, v in arguments.items()}}
+        results = self._infer(columns, parameters)
+        if method == "embed":
+            vectors = np.asarray(results, dtype=np.float32)
+            return vectors[0] if single else vectors
+        return results[0] if single else results
+
+
+@functools.lru_cache(maxsize=None)
+def _signature(method: str) -> inspect.Signature:
+    return inspect.signature(getattr(MegatronBertPipeline, method))
+
+
+def _client_method(method: str):
+    target = getattr(MegatronBertPipeline, method)
+
+    @functools.wraps(target)
+    def call(self, *args, **kwargs):
+        return self._call(method, *args, **kwargs)
+
+    return call
+
+
+for _method in METHOD_INPUTS:
+    setattr(TritonMegatronBert, _method, _client_method(_method))

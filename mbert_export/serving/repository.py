@@ -1,0 +1,369 @@
+"""Write a Triton model repository for one or more artifacts (layout "python" or "ensemble").
+
+    write_repository(["engines/mlm-int8"], "repo", layout="python")
+
+- python: one python-backend model NAME running this project's runtime on the artifact (ONNX
+  Runtime on CPU, TensorRT for an engine); runs on any tritonserver with the python backend.
+- ensemble: NAME_tokenize (python) -> NAME_model (`onnxruntime_onnx` / `tensorrt_plan`) ->
+  NAME_postprocess (python), tied by the ensemble NAME, for NVIDIA's tritonserver container.
+
+Both take TEXT (...) and return RESULT (see `interface`). `max_batch_size`, dims and data types come
+from the artifact (build.json, the graph's inputs and outputs). The repository holds everything its
+python models import (a copy of this package's torch-free part, the tokenizer files, the task table
+and label maps); it is written to a temp folder and renamed into place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..fileio import atomic_dir
+from ..runtime.artifact import ENGINE_FILE, Artifact, ArtifactError, open_artifact
+from ..runtime.pipeline import DEFAULT_MAX_BATCH
+from ..tasks import Task
+from .interface import RESULT, task_defaults, task_inputs
+from .triton_models import ARTIFACT_DIR, ARTIFACT_INFO, artifact_info
+
+__all__ = ["write_repository", "ModelEntry", "graph_io", "LAYOUTS", "ENSEMBLE_METHODS"]
+
+LAYOUTS = ("python", "ensemble")
+#: Methods whose rows map one text to one graph row (an ensemble step cannot change the row count;
+#: question answering splits long contexts into several windows, multiple choice has a 3-D input).
+ENSEMBLE_METHODS = ("fill_mask", "next_token", "classify", "classify_tokens", "next_sentence", "embed")
+#: ONNX element types -> Triton data types.
+TRITON_TYPES = {"tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(float)": "TYPE_FP32",
+                "tensor(float16)": "TYPE_FP16", "tensor(bfloat16)": "TYPE_BF16", "tensor(bool)": "TYPE_BOOL"}
+_ONNX_ELEM = {7: "tensor(int64)", 6: "tensor(int32)", 1: "tensor(float)", 10: "tensor(float16)",
+              16: "tensor(bfloat16)", 9: "tensor(bool)"}
+#: Files of this package a python model imports (torch-free), copied into each python model.
+PACKAGE_FILES = ("__init__.py", "tasks.py", "tokenization.py", "fileio.py", "runtime/**/*.py",
+                 "serving/__init__.py", "serving/interface.py", "serving/triton_models.py")
+SHIM = '''"""Triton python-backend entry point written by mbert-export ({layout} layout)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from mbert_export.serving.triton_models import {cls} as TritonPythonModel  # noqa: E402,F401
+'''
+
+
+@dataclass
+class ModelEntry:
+    """One model written to the repository: its name, Triton platform/backend and config text."""
+
+    name: str
+    kind: str
+    config: str
+    files: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- graph inputs/outputs
+def graph_io(onnx_path: Path) -> tuple[list[tuple[str, str, list]], list[tuple[str, str, list]]]:
+    """(inputs, outputs) of an ONNX graph: (name, "tensor(float)"-style type, shape with names for
+    dynamic axes). Reads with `onnx` (no weights) when installed, else with ONNX Runtime."""
+    try:
+        import onnx
+    except ImportError:
+        onnx = None
+    if onnx is not None:
+        model = onnx.load(str(onnx_path), load_external_data=False)
+
+        def describe(values):
+            return [(v.name, _ONNX_ELEM.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
+                     [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values]
+
+        initializers = {i.name for i in model.graph.initializer}
+        return describe([i for i in model.graph.input if i.name not in initializers]), describe(model.graph.output)
+    from ..runtime.onnxruntime import create_session
+
+    session = create_session(onnx_path)
+    return ([(i.name, i.type, list(i.shape)) for i in session.get_inputs()],
+            [(o.name, o.type, list(o.shape)) for o in session.get_outputs()])
+
+
+# ---------------------------------------------------------------------------- config text
+def _q(text: str) -> str:
+    return json.dumps(text)
+
+
+def _tensor(name: str, dtype: str, dims: Sequence[int], optional: bool = False) -> str:
+    extra = " optional: true" if optional else ""
+    return f"  {{ name: {_q(name)} data_type: {dtype} dims: [ {', '.join(str(d) for d in dims)} ]{extra} }}"
+
+
+def _tensors(kind: str, items: list[str]) -> str:
+    return f"{kind} [\n" + ",\n".join(items) + "\n]\n"
+
+
+def _parameters(params: dict[str, str]) -> str:
+    return "".join(f"parameters {{ key: {_q(k)} value {{ string_value: {_q(v)} }} }}\n" for k, v in params.items())
+
+
+def _scheduling(max_batch: int, instances: int, kind: str, dynamic: bool, delay_us: int,
+                preferred: Sequence[int]) -> str:
+    text = f"instance_group [ {{ count: {instances} kind: {kind} }} ]\n"
+    if dynamic:
+        sizes = [b for b in preferred if 1 <= b <= max_batch]
+        listed = f" preferred_batch_size: [ {', '.join(map(str, sizes))} ]" if sizes else ""
+        text += f"dynamic_batching {{{listed} max_queue_delay_microseconds: {delay_us} }}\n"
+    return text
+
+
+def _dims(shape: list, name: str) -> list[int]:
+    """Config dims of a graph tensor: the batch axis dropped, named (dynamic) axes -1."""
+    if not shape:
+        raise ArtifactError(f"graph tensor {name} has no batch axis")
+    return [d if isinstance(d, int) and d > 0 else -1 for d in shape[1:]]
+
+
+# ---------------------------------------------------------------------------- files
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _bundle_package(version_dir: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    for pattern in PACKAGE_FILES:
+        for src in sorted(root.glob(pattern)):
+            if "__pycache__" not in src.parts:
+                target = version_dir / "mbert_export" / src.relative_to(root)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
+
+
+def _python_model(folder: Path, cls: str, layout: str, config: str) -> None:
+    version = folder / "1"
+    version.mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(config, encoding="utf-8")
+    (version / "model.py").write_text(SHIM.format(layout=layout, cls=cls), encoding="utf-8")
+    _bundle_package(version)
+
+
+def _artifact_files(artifact: Artifact) -> list[Path]:
+    files = [p for p in (artifact.onnx_path, artifact.engine_path) if p is not None]
+    if artifact.onnx_path is not None:
+        data = artifact.onnx_path.with_name(artifact.onnx_path.name + ".data")
+        files += [data] if data.is_file() else []
+    sidecar = artifact.folder / "build.json"
+    files += [sidecar] if sidecar.is_file() else []
+    return files + list(artifact.tokenizer_files)
+
+
+# ---------------------------------------------------------------------------- the models
+def _open(path: str | os.PathLike) -> Artifact:
+    path = Path(path)
+    try:
+        return open_artifact(path, "onnx")
+    except ArtifactError:
+        return open_artifact(path, "engine")
+
+
+def _default_name(artifact: Artifact) -> str:
+    base = artifact.path.name if artifact.path.is_dir() else artifact.folder.name
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._-") or "model"
+
+
+def _check_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
+        raise ValueError(f"model name {name!r} must start with a letter or digit and hold only letters, digits, "
+                         "'_', '-' and '.'")
+    return name
+
+
+def _max_batch(artifact: Artifact) -> int:
+    profiles = artifact.sidecar.get("profiles") or []
+    batches = [int(p["batch"][2]) for p in profiles if isinstance(p, dict) and p.get("batch")]
+    return artifact.max_batch or (max(batches) if batches else DEFAULT_MAX_BATCH)
+
+
+def _text_inputs(task: Task, ensemble: bool) -> list[str]:
+    inputs = task_inputs(task)
+    if ensemble:
+        methods = [m for m in task.methods if m in ENSEMBLE_METHODS]
+        if not methods:
+            raise ValueError(f"task {task.name!r} cannot be served as an ensemble: "
+                             + ("question answering splits long contexts into a varying number of windows per "
+                                "question" if task.name == "question-answering" else
+                                "its graph input has a choices axis") + "; use --layout python")
+        return [_tensor(n, "TYPE_STRING", [1]) for n, required in inputs.items() if required]
+    return [_tensor(n, "TYPE_STRING", [1], optional=not required) for n, required in inputs.items()]
+
+
+def _write_python_layout(root: Path, name: str, artifact: Artifact, options: dict[str, Any]) -> list[ModelEntry]:
+    use_trt = options["backend"] == "tensorrt" or (options["backend"] == "auto" and artifact.engine_path is not None)
+    if use_trt and artifact.engine_path is None:
+        raise ArtifactError(f"{artifact.name} has no TensorRT engine ({ENGINE_FILE}); use --backend onnxruntime")
+    if not use_trt and artifact.onnx_path is None:
+        raise ArtifactError(f"{artifact.name} has no model.onnx for ONNX Runtime; use --backend tensorrt")
+    max_batch = _max_batch(artifact)
+    params = task_defaults(artifact.task)
+    params.update(backend="tensorrt" if use_trt else "onnxruntime", intra_op_threads=str(options["threads"]))
+    config = (f"name: {_q(name)}\nbackend: \"python\"\nmax_batch_size: {max_batch}\n"
+              + _tensors("input", _text_inputs(artifact.task, ensemble=False))
+              + _tensors("output", [_tensor(RESULT, "TYPE_STRING", [1])])
+              + _scheduling(max_batch, options["instances"], "KIND_GPU" if use_trt else "KIND_CPU",
+                            options["dynamic_batching"], options["max_queue_delay_us"], options["preferred_batch"])
+              + _parameters(params))
+    folder = root / name
+    _python_model(folder, "RuntimeModel", "python", config)
+    files = _artifact_files(artifact)
+    if not use_trt and artifact.engine_path is not None:
+        files.remove(artifact.engine_path)
+    for src in files:
+        _link_or_copy(src, folder / "1" / ARTIFACT_DIR / src.name)
+    return [ModelEntry(name, "python", config, [p.name for p in files])]
+
+
+def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: dict[str, Any]) -> list[ModelEntry]:
+    task = artifact.task
+    text_inputs = _text_inputs(task, ensemble=True)
+    text_names = [n for n, required in task_inputs(task).items() if required]
+    use_trt = options["backend"] == "tensorrt" or (options["backend"] == "auto" and artifact.engine_path is not None)
+    if artifact.onnx_path is None:
+        raise ArtifactError(f"{artifact.name} has no model.onnx: the repository takes the graph's inputs and "
+                            "outputs from it")
+    graph_in, graph_out = graph_io(artifact.onnx_path)
+    missing = [n for n in task.inputs if n not in {g[0] for g in graph_in}] + \
+              [n for n in task.output_names if n not in {g[0] for g in graph_out}]
+    if missing:
+        raise ArtifactError(f"{artifact.name}: the graph lacks {', '.join(missing)} of task {task.name!r}")
+    max_batch = _max_batch(artifact)
+    sched = (options["instances"], options["dynamic_batching"], options["max_queue_delay_us"], options["preferred_batch"])
+    params = task_defaults(task)
+    params["method"] = next(m for m in task.methods if m in ENSEMBLE_METHODS)
+    names = {"tokenize": f"{name}_tokenize", "model": f"{name}_model", "postprocess": f"{name}_postprocess"}
+
+    def typed(items, wanted):
+        out = []
+        for n, dtype, shape in items:
+            if n in wanted:
+                if dtype not in TRITON_TYPES:
+                    raise ArtifactError(f"{artifact.name}: graph tensor {n} has type {dtype}, unknown to Triton")
+                out.append((n, TRITON_TYPES[dtype], _dims(shape, n)))
+        return out
+
+    ins, outs = typed(graph_in, task.inputs), typed(graph_out, task.output_names)
+    entries = []
+    # tokenize
+    config = (f"name: {_q(names['tokenize'])}\nbackend: \"python\"\nmax_batch_size: {max_batch}\n"
+              + _tensors("input", text_inputs)
+              + _tensors("output", [_tensor(n, "TYPE_INT64", d) for n, _, d in ins])
+              + _scheduling(max_batch, sched[0], "KIND_CPU", *sched[1:])
+              + _parameters({**params, "sequence_bucket": str(options["sequence_bucket"])}))
+    entries.append((names["tokenize"], "python", config, "TokenizeModel"))
+    # model
+    platform = "tensorrt_plan" if use_trt else "onnxruntime_onnx"
+    config = (f"name: {_q(names['model'])}\nplatform: {_q(platform)}\nmax_batch_size: {max_batch}\n"
+              + _tensors("input", [_tensor(n, t, d) for n, t, d in ins])
+              + _tensors("output", [_tensor(n, t, d) for n, t, d in outs])
+              + _scheduling(max_batch, sched[0], "KIND_GPU" if use_trt else "KIND_CPU", *sched[1:]))
+    entries.append((names["model"], platform, config, None))
+    # postprocess
+    ids_dims = next(d for n, _, d in ins if n == "input_ids")
+    config = (f"name: {_q(names['postprocess'])}\nbackend: \"python\"\nmax_batch_size: {max_batch}\n"
+              + _tensors("input", text_inputs + [_tensor("input_ids", "TYPE_INT64", ids_dims)]
+                         + [_tensor(n, t, d) for n, t, d in outs])
+              + _tensors("output", [_tensor(RESULT, "TYPE_STRING", [1])])
+              + _scheduling(max_batch, sched[0], "KIND_CPU", *sched[1:])
+              + _parameters(params))
+    entries.append((names["postprocess"], "python", config, "PostprocessModel"))
+    # the ensemble clients call
+
+    def step(model: str, inputs: dict[str, str], outputs: dict[str, str]) -> str:
+        maps = "".join(f" input_map {{ key: {_q(k)} value: {_q(v)} }}" for k, v in inputs.items())
+        maps += "".join(f" output_map {{ key: {_q(k)} value: {_q(v)} }}" for k, v in outputs.items())
+        return f"    {{ model_name: {_q(model)} model_version: -1{maps} }}"
+
+    same = lambda items: {n: n for n in items}  # noqa: E731
+    steps = [step(names["tokenize"], same(text_names), same(task.inputs)),
+             step(names["model"], same(task.inputs), same(task.output_names)),
+             step(names["postprocess"], same(text_names + ["input_ids"] + list(task.output_names)), same([RESULT]))]
+    config = (f"name: {_q(name)}\nplatform: \"ensemble\"\nmax_batch_size: {max_batch}\n"
+              + _tensors("input", text_inputs) + _tensors("output", [_tensor(RESULT, "TYPE_STRING", [1])])
+              + "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}\n"
+              + _parameters(params))
+    entries.append((name, "ensemble", config, None))
+
+    written = []
+    for model_name, kind, text, cls in entries:
+        folder = root / model_name
+        if cls:
+            _python_model(folder, cls, "ensemble", text)
+            (folder / "1" / ARTIFACT_INFO).write_text(json.dumps(artifact_info(artifact), indent=1), encoding="utf-8")
+            files = list(artifact.tokenizer_files)
+            for src in files:
+                _link_or_copy(src, folder / "1" / src.name)
+        else:
+            (folder / "1").mkdir(parents=True)
+            (folder / "config.pbtxt").write_text(text, encoding="utf-8")
+            files = []
+            if kind == "tensorrt_plan":
+                files = [artifact.engine_path]
+                _link_or_copy(artifact.engine_path, folder / "1" / "model.plan")
+            elif kind == "onnxruntime_onnx":
+                files = [p for p in _artifact_files(artifact) if p.name.startswith(artifact.onnx_path.name)]
+                for src in files:
+                    _link_or_copy(src, folder / "1" / src.name.replace(artifact.onnx_path.name, "model.onnx", 1))
+        written.append(ModelEntry(model_name, kind, text, [p.name for p in files]))
+    return written
+
+
+def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | os.PathLike, *,
+                     names: Sequence[str] | None = None, layout: str = "python", backend: str = "auto",
+                     dynamic_batching: bool = True, max_queue_delay_us: int = 100, instances: int = 1,
+                     preferred_batch: Sequence[int] = (), sequence_bucket: int = 16, threads: int = 0,
+                     overwrite: bool = False) -> list[ModelEntry]:
+    """Write a Triton model repository serving `artifacts` to `repository` (atomically).
+
+    names: one model name per artifact (default: the artifact folder's name). backend: "auto"
+    (TensorRT for an engine folder, else ONNX Runtime), "onnxruntime" or "tensorrt". threads: ONNX
+    Runtime intra-op threads per instance in the python layout (0: its default).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    if backend not in ("auto", "onnxruntime", "tensorrt"):
+        raise ValueError(f"backend must be auto, onnxruntime or tensorrt, got {backend!r}")
+    if not artifacts:
+        raise ValueError("give at least one artifact")
+    for what, value, low in (("instances", instances, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
+                             ("sequence_bucket", sequence_bucket, 1), ("threads", threads, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in preferred_batch):
+        raise ValueError(f"preferred batch sizes must be positive integers, got {list(preferred_batch)}")
+    opened = [_open(a) for a in artifacts]
+    if names and len(names) != len(opened):
+        raise ValueError(f"got {len(names)} name(s) for {len(opened)} artifact(s); give one --name per artifact")
+    model_names = [_check_name(n) for n in (names or [_default_name(a) for a in opened])]
+    suffixes = ("", "_tokenize", "_model", "_postprocess") if layout == "ensemble" else ("",)
+    every = [n + s for n in model_names for s in suffixes]
+    clash = sorted({n for n in every if every.count(n) > 1})
+    if clash:
+        raise ValueError(f"two models would be called {', '.join(clash)}; give each artifact its own --name")
+    options = dict(backend=backend, dynamic_batching=dynamic_batching, max_queue_delay_us=max_queue_delay_us,
+                   instances=instances, preferred_batch=list(preferred_batch), sequence_bucket=sequence_bucket,
+                   threads=threads)
+    entries: list[ModelEntry] = []
+    with atomic_dir(repository, overwrite=overwrite) as root:
+        for artifact, name in zip(opened, model_names):
+            write = _write_ensemble_layout if layout == "ensemble" else _write_python_layout
+            entries += write(root, name, artifact, options)
+    return entries
+
+
+def parse_config(text: str):
+    """`text` parsed against Triton's own schema (tritonclient's model_config_pb2); raises on errors."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    return text_format.Parse(text, model_config_pb2.ModelConfig())

@@ -1,0 +1,259 @@
+"""Start and stop a local tritonserver on a model repository (the one on PATH, or the one in nvidia-pytriton).
+
+    with start_server("repo", python_env="/opt/triton-venv") as server:
+        print(server.http_url, server.grpc_url)
+
+`python_env` is the virtual environment whose Python runs the python-backend models (it needs
+numpy < 2 for tritonserver 2.51's stub, tokenizers and onnxruntime); default: $MBERT_TRITON_ENV,
+else this interpreter's environment. The server is nvidia-pytriton's from a named environment, else
+`tritonserver` on PATH, else nvidia-pytriton's from this one. With nvidia-pytriton's bundled server (python backend only) a
+private backend folder is made with COPIES of its python backend and the stub for that env's Python
+(symlinks are refused as escaping the backend directory), and its bundled libraries go on
+LD_LIBRARY_PATH (the copied stub loses its RPATH). The server binds to 127.0.0.1 unless told
+otherwise, runs in its own process group, and `stop()` ends it and its model processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["TritonServer", "start_server", "find_tritonserver", "free_port", "ServerError", "ENV_VARIABLE"]
+
+#: Environment variable naming the server/model virtual environment.
+ENV_VARIABLE = "MBERT_TRITON_ENV"
+
+
+class ServerError(RuntimeError):
+    """tritonserver could not be found, started, or did not become ready."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _site_packages(env: Path) -> list[Path]:
+    return sorted(env.glob("lib/python3*/site-packages"))
+
+
+@dataclass
+class ServerInstall:
+    """Where a tritonserver binary is and what it needs to run python models from `env`."""
+
+    binary: Path
+    #: The bundled backends folder (nvidia-pytriton), None for a full install (its own default).
+    pytriton_root: Path | None
+    python_version: str
+    library_dirs: list[Path] = field(default_factory=list)
+
+
+def find_tritonserver(python_env: str | os.PathLike | None = None) -> tuple[ServerInstall, Path]:
+    """(the tritonserver to run, the model environment). With a model environment named (argument or
+    $MBERT_TRITON_ENV), the nvidia-pytriton server installed there comes first; else `tritonserver`
+    on PATH (NVIDIA's container), else nvidia-pytriton in this interpreter's environment."""
+    named = python_env or os.environ.get(ENV_VARIABLE)
+    env = Path(named or sys.prefix).resolve()
+    if not (env / "bin" / "python").exists():
+        raise ServerError(f"{env} is not a Python environment (no bin/python); pass the server venv "
+                          f"(python_env=... / --python-env / ${ENV_VARIABLE})")
+
+    def bundled() -> ServerInstall | None:
+        for site in _site_packages(env):
+            root = site / "pytriton" / "tritonserver"
+            if (root / "bin" / "tritonserver").is_file():
+                version = site.parent.name.removeprefix("python")
+                return ServerInstall(root / "bin" / "tritonserver", root, version,
+                                     [p for p in (site / "nvidia_pytriton.libs",) if p.is_dir()])
+        return None
+
+    on_path = shutil.which("tritonserver")
+    found = bundled() if named or not on_path else None
+    if found is not None:
+        return found, env
+    if on_path:
+        version = _site_packages(env)[0].parent.name.removeprefix("python") if _site_packages(env) else ""
+        return ServerInstall(Path(on_path), None, version), env
+    raise ServerError(f"no tritonserver found: none on PATH and no nvidia-pytriton in {env}; make a server venv "
+                      f"(pip install --no-deps nvidia-pytriton && pip install 'numpy<2' tokenizers onnxruntime) "
+                      f"and pass it (--python-env / ${ENV_VARIABLE}), or run in NVIDIA's tritonserver container")
+
+
+def _backend_dir(install: ServerInstall, workdir: Path) -> Path:
+    """A backend folder with copies of nvidia-pytriton's python backend and the stub for the env's Python."""
+    source = install.pytriton_root
+    stub = source / "python_backend_stubs" / install.python_version / "triton_python_backend_stub"
+    if not stub.is_file():
+        have = sorted(p.name for p in (source / "python_backend_stubs").iterdir())
+        raise ServerError(f"nvidia-pytriton has no python backend stub for Python {install.python_version} "
+                          f"(has {', '.join(have)})")
+    target = workdir / "backends" / "python"
+    target.mkdir(parents=True)
+    for src in (source / "backends" / "python" / "libtriton_python.so",
+                source / "backends" / "python" / "triton_python_backend_utils.py", stub):
+        shutil.copy2(src, target / src.name)
+    return workdir / "backends"
+
+
+def _check_model_env(env: Path) -> None:
+    """Refuse a model environment the 2.51 python stub cannot serve (numpy >= 2 crashes it on the first
+    string input) or that lacks what the python models import."""
+    probe = ("import importlib.util, numpy; print(numpy.__version__); "
+             "print(','.join(m for m in ('tokenizers', 'onnxruntime') if importlib.util.find_spec(m) is None))")
+    try:
+        out = subprocess.run([str(env / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ServerError(f"cannot run the Python of {env}: {exc}") from None
+    if out.returncode != 0:
+        raise ServerError(f"{env} has no numpy (the python backend needs numpy < 2): {out.stderr.strip()[-300:]}")
+    version, missing = (out.stdout.splitlines() + ["", ""])[:2]
+    if int(version.split(".")[0]) >= 2:
+        raise ServerError(f"{env} has numpy {version}: tritonserver 2.51's python stub crashes on string inputs "
+                          "with numpy 2; install numpy<2 there (a venv of its own)")
+    if missing:
+        raise ServerError(f"{env} lacks {missing}, which the python models import: pip install {missing.replace(',', ' ')}")
+
+
+class TritonServer:
+    """A running tritonserver process (its own process group); a context manager that stops it."""
+
+    def __init__(self, process: subprocess.Popen, http_port: int, grpc_port: int, metrics_port: int, host: str,
+                 workdir: Path, log_path: Path, owns_workdir: bool):
+        self.process, self.host = process, host
+        self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
+        self.workdir, self.log_path, self._owns_workdir = workdir, log_path, owns_workdir
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    def log(self, tail: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-tail:])
+        except OSError:
+            return ""
+
+    def processes(self) -> list[int]:
+        """PIDs still alive in the server's process group (the server and its model stubs)."""
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                if int(fields[2]) == self.pid and fields[0] != "Z":
+                    pids.append(int(entry.name))
+        return pids
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"tritonserver exited with status {self.process.returncode}:\n{self.log()}")
+            if self.ready():
+                return
+            time.sleep(0.1)
+        raise ServerError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.log()}")
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM to the server (it unloads its models, ending their stubs); SIGKILL to the group
+        after `timeout`. Returns the exit status."""
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.process.wait(10)
+        deadline = time.monotonic() + 10
+        while self.processes() and time.monotonic() < deadline:  # stubs exit right after the server
+            time.sleep(0.05)
+        if self.processes():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.process.returncode
+
+    def __enter__(self) -> "TritonServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
+                 host: str = "127.0.0.1", python_env: str | os.PathLike | None = None, timeout: float = 120.0,
+                 workdir: str | os.PathLike | None = None, extra_args: list[str] | None = None,
+                 log_verbose: int = 0) -> TritonServer:
+    """Start tritonserver on `repository` and wait until it and every model are ready.
+
+    Ports 0 pick free ones. Raises ServerError (with the server log's tail) when it fails.
+    """
+    repository = Path(repository).resolve()
+    if not repository.is_dir():
+        raise ServerError(f"{repository} is not a model repository folder")
+    install, env = find_tritonserver(python_env)
+    owns = workdir is None
+    work = Path(tempfile.mkdtemp(prefix="mbert-triton-")) if owns else Path(workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
+    command = [str(install.binary), f"--model-repository={repository}", f"--http-address={host}",
+               f"--http-port={ports[0]}", f"--grpc-address={host}", f"--grpc-port={ports[1]}",
+               f"--metrics-address={host}", f"--metrics-port={ports[2]}", "--exit-timeout-secs=10",
+               "--strict-readiness=true", f"--log-verbose={log_verbose}"]
+    environ = dict(os.environ)
+    environ["PATH"] = f"{env / 'bin'}{os.pathsep}{environ.get('PATH', '')}"
+    environ["VIRTUAL_ENV"] = str(env)
+    environ.pop("PYTHONHOME", None)
+    if install.pytriton_root is not None:
+        _check_model_env(env)
+        command.append(f"--backend-directory={_backend_dir(install, work)}")
+        libraries = [str(p) for p in install.library_dirs] + [environ.get("LD_LIBRARY_PATH", "")]
+        environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libraries if p)
+    command += list(extra_args or [])
+    log_path = work / "tritonserver.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   env=environ, cwd=work, start_new_session=True)
+    server = TritonServer(process, *ports, host, work, log_path, owns)
+    try:
+        server.wait_ready(timeout)
+    except BaseException:
+        server.stop()
+        raise
+    return server

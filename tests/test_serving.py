@@ -1,0 +1,543 @@
+"""Serving with a real tritonserver 2.51 (nvidia-pytriton's binary, python backend) on 127.0.0.1.
+
+The server and its python models run from their own virtual environment (numpy < 2, tokenizers,
+onnxruntime, this package without torch), named by $MBERT_TRITON_ENV; .ci/run builds it. With CI=true
+these tests fail when it is missing; elsewhere they skip. The in-process runtime (OrtMegatronBert) is
+the oracle. Each server is started on free ports, stopped by its PID, and checked to leave no process.
+
+The ensemble's middle model (`onnxruntime_onnx` / `tensorrt_plan`) needs backends only NVIDIA's
+container has: here a python-backend STAND-IN (tests/triton_onnx_standin.py) serves the same
+model.onnx under the same config; tokenize and postprocess run for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from demo_heads import demo_task_checkpoint
+
+from mbert_export.build import DEFAULT_CHECKPOINT
+from mbert_export.runtime import OrtMegatronBert
+
+IN_CI = os.environ.get("CI") == "true"
+SERVER_ENV = os.environ.get("MBERT_TRITON_ENV", "")
+TASKS = ("mlm", "sequence-classification", "token-classification", "question-answering")
+MAX_SEQ = 64
+#: Long enough for concurrent requests to meet in the dynamic batcher, short for serial calls.
+QUEUE_DELAY_US = 3000
+STANDIN = Path(__file__).with_name("triton_onnx_standin.py")
+
+MLM_TEXTS = ["The [MASK] statement is used to import a module.", "A [MASK] returns a new list.",
+             "Use the [MASK] function to open a file.", "The [MASK] of a list is its length.",
+             "An [MASK] is raised when the key is missing."]
+TEXTS = ["The import statement loads 3 modules from the package.", "A function returns a new list.",
+         "Python 3.12 adds a new syntax for type parameters.", "The file is opened in binary mode."]
+QUESTION = "Which number is mentioned?"
+
+
+def _need(what: str, ok: bool) -> None:
+    if not ok:
+        if IN_CI:
+            pytest.fail(f"CI=true but {what}; .ci/run builds the server venv and exports MBERT_TRITON_ENV")
+        pytest.skip(what)
+
+
+def _tritonclient():
+    try:
+        import tritonclient.grpc  # noqa: F401
+        import tritonclient.http  # noqa: F401
+    except ImportError:
+        _need("tritonclient is not installed (pip install 'tritonclient[http,grpc]')", False)
+
+
+def _server_env() -> str:
+    _need("no Triton server env ($MBERT_TRITON_ENV)", bool(SERVER_ENV) and Path(SERVER_ENV, "bin", "python").exists())
+    return SERVER_ENV
+
+
+def assert_same(got, want, where="result"):
+    """Equal structure and values; floats within 1e-4 (batches pad differently than single calls)."""
+    if isinstance(want, float) or isinstance(got, float):
+        assert abs(float(got) - float(want)) <= 1e-4 + 1e-3 * abs(float(want)), f"{where}: {got} != {want}"
+    elif isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), f"{where}: {got} != {want}"
+        for key in want:
+            assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, (list, tuple, np.ndarray)):
+        assert len(got) == len(want), f"{where}: {got} != {want}"
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same(g, w, f"{where}[{i}]")
+    else:
+        assert got == want, f"{where}: {got!r} != {want!r}"
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory) -> dict[str, Path]:
+    """task -> ONNX artifact folder: the demo MLM, and trained demo heads for the other three."""
+    from mbert_export.export import export_onnx, load_model_for_task
+
+    root = tmp_path_factory.mktemp("serving-artifacts")
+    made = {}
+    for task in TASKS:
+        checkpoint = DEFAULT_CHECKPOINT if task == "mlm" else demo_task_checkpoint(
+            task, root / task / "checkpoint", steps=15, count=64)
+        folder = root / task / "onnx"
+        export_onnx(load_model_for_task(checkpoint, task), task, folder / "model.onnx", max_seq_len=MAX_SEQ,
+                    tokenizer_dir=checkpoint, verify=False)
+        made[task] = folder
+    return made
+
+
+@pytest.fixture(scope="module")
+def runtimes(artifacts):
+    made = {task: OrtMegatronBert(folder) for task, folder in artifacts.items()}
+    yield made
+    for runtime in made.values():
+        runtime.close()
+
+
+def _names(task: str) -> str:
+    return {"sequence-classification": "cls", "token-classification": "ner", "question-answering": "qa"}.get(task, task)
+
+
+@pytest.fixture(scope="module")
+def server_env() -> str:
+    """The server venv (checked before any artifact is built: skips fast where there is none)."""
+    _tritonclient()
+    return _server_env()
+
+
+@pytest.fixture(scope="module")
+def python_server(server_env, artifacts, tmp_path_factory):
+    """One tritonserver serving the four tasks in the python layout; stopped (and checked) by the last test."""
+    from mbert_export.serving.repository import write_repository
+    from mbert_export.serving.server import start_server
+
+    env = server_env
+    repository = tmp_path_factory.mktemp("python-layout") / "repository"
+    write_repository([artifacts[t] for t in TASKS], repository, names=[_names(t) for t in TASKS], layout="python",
+                     max_queue_delay_us=QUEUE_DELAY_US, threads=1)
+    server = start_server(repository, python_env=env, timeout=180)
+    yield server
+    server.stop()
+
+
+def _client(server, task: str, protocol: str):
+    from mbert_export.serving import TritonMegatronBert
+
+    url = server.http_url if protocol == "http" else server.grpc_url
+    return TritonMegatronBert(url, _names(task), protocol, timeout=60)
+
+
+def _calls(task: str):
+    """(method, args, kwargs) exercising single and list inputs and a few options."""
+    if task == "mlm":
+        return [("fill_mask", (MLM_TEXTS[0],), {}), ("fill_mask", (MLM_TEXTS,), {"top_k": 3}),
+                ("fill_mask", ("The [MASK] is a [MASK].",), {"top_k": 2}),
+                ("fill_mask", (MLM_TEXTS[1],), {"targets": ["value", "list"]})]
+    if task == "sequence-classification":
+        return [("classify", (TEXTS[0],), {}), ("classify", (TEXTS,), {"top_k": None}),
+                ("classify", (TEXTS[:2],), {"text_pair": TEXTS[2:], "function_to_apply": "sigmoid"})]
+    if task == "token-classification":
+        return [("classify_tokens", (TEXTS[0],), {}), ("classify_tokens", (TEXTS,), {"aggregation": "simple"}),
+                ("classify_tokens", (TEXTS[2],), {"ignore_labels": []})]
+    return [("answer_question", (QUESTION, TEXTS[0]), {}),
+            ("answer_question", ([QUESTION] * 4, TEXTS), {"top_k": 2}),
+            ("answer_question", (QUESTION, " ".join(TEXTS * 3)), {"max_answer_len": 5})]
+
+
+# ---------------------------------------------------------------------------- configs (no server)
+def test_every_config_parses_and_matches_the_graph(artifacts, tmp_path):
+    _tritonclient()
+    import onnx
+    from tritonclient.grpc import model_config_pb2
+
+    from mbert_export.serving.repository import parse_config, write_repository
+
+    python = write_repository(list(artifacts.values()), tmp_path / "py", names=[_names(t) for t in TASKS],
+                              preferred_batch=[4, 8], instances=2)
+    ensemble = write_repository([artifacts["mlm"], artifacts["token-classification"]], tmp_path / "ens",
+                                names=["mlm", "ner"], layout="ensemble")
+    assert [e.name for e in ensemble] == ["mlm_tokenize", "mlm_model", "mlm_postprocess", "mlm",
+                                          "ner_tokenize", "ner_model", "ner_postprocess", "ner"]
+    types = {1: "TYPE_FP32", 7: "TYPE_INT64", 10: "TYPE_FP16"}
+    for entry in python + ensemble:
+        root = tmp_path / ("py" if entry in python else "ens")
+        config = parse_config((root / entry.name / "config.pbtxt").read_text())
+        assert config.name == entry.name and config.max_batch_size == 32  # plain exports: the runtime's default
+        ios = {t.name: (t.data_type, list(t.dims), getattr(t, "optional", False)) for t in list(config.input) + list(config.output)}
+        if entry.kind in ("python", "ensemble") and not entry.name.endswith(("_tokenize", "_postprocess")):
+            assert ios["RESULT"][:2] == (model_config_pb2.DataType.Value("TYPE_STRING"), [1])
+        if entry.kind == "onnxruntime_onnx":
+            graph = onnx.load(str(root / entry.name / "1" / "model.onnx"), load_external_data=False).graph
+            for value in list(graph.input) + list(graph.output):
+                dims = [d.dim_value if d.dim_value else -1 for d in value.type.tensor_type.shape.dim][1:]
+                want = model_config_pb2.DataType.Value(types[value.type.tensor_type.elem_type])
+                assert ios[value.name][:2] == (want, dims), value.name
+            assert len(ios) == len(graph.input) + len(graph.output)
+            assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
+        if entry in python:
+            assert config.dynamic_batching.preferred_batch_size == [4, 8] and config.instance_group[0].count == 2
+            assert (root / entry.name / "1" / "mbert_export" / "runtime" / "pipeline.py").is_file()
+            bundled = "".join(p.read_text() for p in (root / entry.name / "1").rglob("*.py"))
+            assert not re.search(r"^\s*(import|from)\s+(torch|transformers)\b", bundled, re.M)
+    cls = parse_config((tmp_path / "py" / "cls" / "config.pbtxt").read_text())
+    assert [(i.name, i.optional) for i in cls.input] == [("TEXT", False), ("TEXT_PAIR", True)]
+    qa = parse_config((tmp_path / "py" / "qa" / "config.pbtxt").read_text())
+    assert [i.name for i in qa.input] == ["QUESTION", "CONTEXT"]
+    assert {p: qa.parameters[p].string_value for p in ("task", "top_k", "max_answer_len")} == {
+        "task": "question-answering", "top_k": "1", "max_answer_len": "15"}
+
+
+def test_engine_folders_get_tensorrt_configs(artifacts, tmp_path):
+    _tritonclient()
+    from mbert_export.serving.repository import parse_config, write_repository
+
+    folder = tmp_path / "engine"
+    shutil.copytree(artifacts["mlm"], folder)
+    (folder / "engine.plan").write_bytes(b"not a real engine")
+    (folder / "build.json").write_text(json.dumps({
+        "task": "mlm", "precision": "fp16", "engine": "engine.plan", "max_seq_len": MAX_SEQ,
+        "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64], "num_choices": [2, 4, 8]},
+                     {"batch": [1, 8, 16], "sequence": [1, 16, 32], "num_choices": [2, 4, 8]}]}))
+    entries = {e.name: e for e in write_repository([folder], tmp_path / "repo", layout="ensemble")}
+    model = parse_config(entries["engine_model"].config)
+    assert model.platform == "tensorrt_plan" and model.max_batch_size == 16
+    assert model.instance_group[0].kind == model.instance_group[0].KIND_GPU
+    assert (tmp_path / "repo" / "engine_model" / "1" / "model.plan").read_bytes() == b"not a real engine"
+    python = write_repository([folder], tmp_path / "py")[0]
+    assert parse_config(python.config).parameters["backend"].string_value == "tensorrt"
+    cpu = write_repository([folder], tmp_path / "cpu", backend="onnxruntime")[0]
+    assert parse_config(cpu.config).instance_group[0].kind == model.instance_group[0].KIND_CPU
+    assert not (tmp_path / "cpu" / "engine" / "1" / "artifact" / "engine.plan").exists()
+
+
+def test_bad_repository_requests_write_nothing(artifacts, tmp_path):
+    from mbert_export.serving.repository import write_repository
+
+    with pytest.raises(ValueError, match="question answering splits long contexts"):
+        write_repository([artifacts["mlm"], artifacts["question-answering"]], tmp_path / "r", names=["mlm", "qa"],
+                         layout="ensemble")
+    with pytest.raises(ValueError, match="two models would be called"):
+        write_repository([artifacts["mlm"], artifacts["mlm"]], tmp_path / "r")
+    with pytest.raises(ValueError, match="one --name per artifact"):
+        write_repository([artifacts["mlm"]], tmp_path / "r", names=["a", "b"])
+    with pytest.raises(ValueError, match="does not exist"):
+        write_repository([tmp_path / "missing"], tmp_path / "r")
+    assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))
+    write_repository([artifacts["mlm"]], tmp_path / "r")
+    with pytest.raises(FileExistsError):
+        write_repository([artifacts["mlm"]], tmp_path / "r")
+
+
+# ---------------------------------------------------------------------------- python layout, real server
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+@pytest.mark.parametrize("task", TASKS)
+def test_python_layout_answers_equal_the_runtime(python_server, runtimes, task, protocol):
+    with _client(python_server, task, protocol) as client:
+        assert client.task.name == task and client.ready()
+        for method, args, kwargs in _calls(task):
+            want = getattr(runtimes[task], method)(*args, **kwargs)
+            assert_same(getattr(client, method)(*args, **kwargs), want, f"{task} {method}{args}")
+
+
+def test_concurrent_clients_are_batched_and_answer_as_serial(python_server, runtimes):
+    """8 threads x 12 requests each (bounded), mixed single texts; batches > 1 in the server's statistics."""
+    from mbert_export.serving import TritonMegatronBert
+
+    texts = MLM_TEXTS * 3
+    serial = {t: runtimes["mlm"].fill_mask(t, top_k=3) for t in set(texts)}
+    before = TritonMegatronBert(python_server.http_url, "mlm").batch_sizes()
+    results: dict[tuple[int, int], object] = {}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8, timeout=60)
+
+    def worker(index: int) -> None:
+        try:
+            protocol = "grpc" if index % 2 else "http"
+            with _client(python_server, "mlm", protocol) as client:
+                barrier.wait()
+                for j in range(12):
+                    results[index, j] = client.fill_mask(texts[(index + j) % len(texts)], top_k=3)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not any(t.is_alive() for t in threads) and time.monotonic() - start < 120
+    assert not errors, errors
+    assert len(results) == 96
+    for (index, j), got in results.items():
+        assert_same(got, serial[texts[(index + j) % len(texts)]], f"client {index} request {j}")
+    stats = TritonMegatronBert(python_server.http_url, "mlm")
+    for _ in range(50):  # the server records a batch's statistics just after answering it
+        after = stats.batch_sizes()
+        executed = {size: after.get(size, 0) - before.get(size, 0) for size in after}
+        if sum(size * count for size, count in executed.items()) >= 96:
+            break
+        time.sleep(0.1)
+    stats.close()
+    assert sum(size * count for size, count in executed.items()) == 96
+    assert max(size for size, count in executed.items() if count) > 1, executed
+
+
+def test_bad_requests_fail_alone_in_one_batch(python_server, runtimes):
+    """Good and bad requests sent at once (one dynamic batch): each bad one gets its own error."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    long_text = "[MASK] " + "word " * 200
+    cases = [("good", MLM_TEXTS[0], {}), ("no mask", "There is no mask here.", {}),
+             ("good", MLM_TEXTS[1], {}), ("too long", long_text, {}), ("wrong task", MLM_TEXTS[2], {"method": "classify"}),
+             ("bad option", MLM_TEXTS[3], {"top_k": "0"}), ("unknown option", MLM_TEXTS[3], {"beam": "2"}),
+             ("good", MLM_TEXTS[4], {"top_k": "2"}), ("truncated", long_text, {"truncation": "true"})]
+    replies: dict[int, object] = {}
+    barrier = threading.Barrier(len(cases), timeout=60)
+
+    def send(index: int, text: str, params: dict) -> None:  # one client per thread, all sent at once
+        client = grpcclient.InferenceServerClient(python_server.grpc_url)
+        tensor = grpcclient.InferInput("TEXT", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+        barrier.wait()
+        try:
+            reply = client.infer("mlm", [tensor], parameters=params, client_timeout=60)
+            replies[index] = [json.loads(r[0]) for r in reply.as_numpy("RESULT")]
+        except InferenceServerException as exc:
+            replies[index] = exc
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=send, args=(i, text, params)) for i, (_, text, params) in enumerate(cases)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(90)
+    assert len(replies) == len(cases)
+    messages = {"no mask": "has no [MASK] token", "too long": "pass truncation=True",
+                "wrong task": "classify() needs an artifact exported for task 'sequence-classification'",
+                "bad option": "top_k must be a positive integer", "unknown option": "unknown option(s) beam"}
+    for index, (kind, text, params) in enumerate(cases):
+        if kind in messages:
+            assert not isinstance(replies[index], list) and messages[kind] in replies[index].message(), kind
+        else:
+            options = {k: json.loads(v) for k, v in params.items()}
+            assert_same(replies[index], [runtimes["mlm"].fill_mask(text, **options)])
+    with _client(python_server, "mlm", "http") as mlm:
+        assert mlm.ready()
+        assert_same(mlm.fill_mask(MLM_TEXTS[0]), runtimes["mlm"].fill_mask(MLM_TEXTS[0]))
+        with pytest.raises(ValueError, match="has no \\[MASK\\] token"):
+            mlm.fill_mask(["A [MASK] here.", "none here"])
+        with pytest.raises(ValueError, match="classify\\(\\) needs an artifact"):
+            mlm.classify("text")
+
+
+def test_python_server_stops_without_leftovers(python_server):
+    pid, group = python_server.pid, python_server.processes()
+    assert pid in group and len(group) >= 5  # the server and one stub per model
+    python_server.stop()
+    assert python_server.processes() == []
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+# ---------------------------------------------------------------------------- ensemble layout
+def test_ensemble_tokenize_and_postprocess_run_for_real(server_env, artifacts, runtimes, tmp_path):
+    """Ensemble with the ONNX STAND-IN as its middle model (see the module docstring)."""
+    env = server_env
+    from mbert_export.serving.repository import parse_config, write_repository
+    from mbert_export.serving.server import start_server
+
+    tasks = ["mlm", "sequence-classification", "token-classification"]
+    repository = tmp_path / "repository"
+    write_repository([artifacts[t] for t in tasks], repository, names=[_names(t) for t in tasks], layout="ensemble",
+                     max_queue_delay_us=QUEUE_DELAY_US)
+    for task in tasks:  # the stand-in: same config, python backend instead of onnxruntime_onnx
+        folder = repository / f"{_names(task)}_model"
+        text = (folder / "config.pbtxt").read_text()
+        assert 'platform: "onnxruntime_onnx"' in text
+        standin = text.replace('platform: "onnxruntime_onnx"', 'backend: "python"')
+        original, swapped = parse_config(text), parse_config(standin)
+        assert (original.input, original.output, original.max_batch_size) == (
+            swapped.input, swapped.output, swapped.max_batch_size)
+        (folder / "config.pbtxt").write_text(standin)
+        shutil.copyfile(STANDIN, folder / "1" / "model.py")
+    server = start_server(repository, python_env=env, timeout=180)
+    try:
+        for protocol in ("http", "grpc"):
+            for task in tasks:
+                with _client(server, task, protocol) as client:
+                    for method, args, kwargs in _calls(task):
+                        if "text_pair" in kwargs:  # optional inputs are the python layout's
+                            continue
+                        want = getattr(runtimes[task], method)(*args, **kwargs)
+                        assert_same(getattr(client, method)(*args, **kwargs), want, f"ensemble {task} {method}")
+        with _client(server, "mlm", "http") as mlm:
+            with pytest.raises(ValueError, match="has no \\[MASK\\] token"):
+                mlm.fill_mask("There is no mask here.")
+            assert mlm.ready()
+            assert_same(mlm.fill_mask(MLM_TEXTS[:2], top_k=2), runtimes["mlm"].fill_mask(MLM_TEXTS[:2], top_k=2))
+        group = server.processes()
+        assert len(group) >= 1 + 3 * len(tasks)
+    finally:
+        server.stop()
+    assert server.processes() == []
+
+
+# ---------------------------------------------------------------------------- command line
+def test_triton_command_writes_a_repository_and_reports_errors(artifacts, tmp_path, capsys):
+    from mbert_export.cli import main
+
+    assert main(["triton", str(artifacts["mlm"]), "--repository", str(tmp_path / "repo"), "--name", "mlm",
+                 "--layout", "ensemble", "--instances", "2", "--preferred-batch", "4", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "mlm_model: onnxruntime_onnx (model.onnx)" in out and (tmp_path / "repo" / "mlm" / "config.pbtxt").is_file()
+    assert main(["triton", str(artifacts["question-answering"]), "--repository", str(tmp_path / "qa"),
+                 "--layout", "ensemble"]) == 2
+    assert "use --layout python" in capsys.readouterr().err and not (tmp_path / "qa").exists()
+
+
+def test_serve_command_serves_until_sigterm(server_env, artifacts, runtimes):
+    """`mbert-export serve` in a subprocess: prints its URLs, answers, and stops with its models on SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    env = server_env
+    command = [sys.executable, "-m", "mbert_export", "serve", str(artifacts["mlm"]), "--name", "mlm",
+               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--python-env", env]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("Ctrl-C stops" in line for line in lines):
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        url = next(line.split("'")[1] for line in lines if "TritonMegatronBert(" in line)
+        assert url.startswith("127.0.0.1:")
+        from mbert_export.serving import TritonMegatronBert
+
+        with TritonMegatronBert(url, "mlm") as client:
+            assert_same(client.fill_mask(MLM_TEXTS[0]), runtimes["mlm"].fill_mask(MLM_TEXTS[0]))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+        stderr = process.stderr.read()
+        repository = next(line.split(" on ", 1)[1].strip() for line in stderr.splitlines() if "starting tritonserver" in line)
+        assert "tritonserver stopped (status 0)" in stderr
+        leftovers = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    if repository in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                        leftovers.append(entry.name)
+                except OSError:
+                    pass
+        assert leftovers == [] and not Path(repository).exists()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+
+
+# ---------------------------------------------------------------------------- the python model, in-process
+class _FakeTensor:
+    def __init__(self, name, array):
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        return self.array
+
+
+class _FakeRequest:
+    def __init__(self, texts, parameters=None):
+        self.inputs = {"TEXT": _FakeTensor("TEXT", np.array([[t.encode()] for t in texts], dtype=np.object_))}
+        self._parameters = json.dumps(parameters or {})
+
+    def parameters(self):
+        return self._parameters
+
+
+def _fake_pb_utils():
+    import types
+
+    class Response:
+        def __init__(self, output_tensors=(), error=None):
+            self.output_tensors, self.error = list(output_tensors), error
+
+    class Error:
+        def __init__(self, message):
+            self.text = message
+
+        def message(self):
+            return self.text
+
+    return types.SimpleNamespace(Tensor=_FakeTensor, InferenceResponse=Response, TritonError=Error,
+                                 get_input_tensor_by_name=lambda request, name: request.inputs.get(name))
+
+
+def test_runtime_model_runs_a_dynamic_batch_as_one_call(artifacts, runtimes, tmp_path, monkeypatch):
+    """RuntimeModel.execute with Triton's python-backend API faked: one pipeline call per batch; a bad
+    request is answered with its own error and the rest of the batch still in one call each."""
+    _tritonclient()
+    from google.protobuf import json_format
+
+    from mbert_export.serving.repository import parse_config, write_repository
+    from mbert_export.serving.triton_models import RuntimeModel
+
+    entry = write_repository([artifacts["mlm"]], tmp_path / "repo", names=["mlm"])[0]
+    monkeypatch.setitem(__import__("sys").modules, "triton_python_backend_utils", _fake_pb_utils())
+    config = json_format.MessageToJson(parse_config(entry.config), preserving_proto_field_name=True)
+    model = RuntimeModel()
+    model.initialize({"model_config": config, "model_repository": str(tmp_path / "repo" / "mlm"),
+                      "model_version": "1"})
+    calls = []
+    original = model.pipeline.fill_mask
+    monkeypatch.setattr(model.pipeline, "fill_mask", lambda text, **kw: calls.append(len(text)) or original(text, **kw))
+
+    def answers(responses):
+        return [r.error.message() if r.error else [json.loads(v[0]) for v in r.output_tensors[0].as_numpy()]
+                for r in responses]
+
+    good = [_FakeRequest(MLM_TEXTS[:2]), _FakeRequest([MLM_TEXTS[2]]), _FakeRequest([MLM_TEXTS[3]], {"top_k": "2"})]
+    got = answers(model.execute(good))
+    assert calls == [3, 1]  # the two default-option requests in one call, the top_k=2 one apart
+    assert_same(got, [runtimes["mlm"].fill_mask(MLM_TEXTS[:2]), [runtimes["mlm"].fill_mask(MLM_TEXTS[2])],
+                      [runtimes["mlm"].fill_mask(MLM_TEXTS[3], top_k=2)]])
+    calls.clear()
+    mixed = [_FakeRequest([MLM_TEXTS[0]]), _FakeRequest(["no mask at all"]), _FakeRequest([MLM_TEXTS[1]]),
+             _FakeRequest([MLM_TEXTS[2]], {"method": "answer_question"})]
+    got = answers(model.execute(mixed))
+    assert "has no [MASK] token" in got[1] and "answer_question() needs an artifact" in got[3]
+    assert_same([got[0], got[2]], [[runtimes["mlm"].fill_mask(MLM_TEXTS[0])], [runtimes["mlm"].fill_mask(MLM_TEXTS[1])]])
+    assert calls == [3, 1, 1, 1]  # the failing joint call, then each of its requests alone
+    model.finalize()
+
+
+def test_server_environment_problems_are_named(tmp_path):
+    import sys
+
+    from mbert_export.serving.server import ServerError, _check_model_env, find_tritonserver, start_server
+
+    with pytest.raises(ServerError, match="not a Python environment"):
+        find_tritonserver(tmp_path)
+    with pytest.raises(ServerError, match="not a model repository"):
+        start_server(tmp_path / "missing", python_env=SERVER_ENV or sys.prefix)
+    import numpy
+
+    if int(numpy.__version__.split(".")[0]) >= 2:  # this test env's numpy: refused as a model env
+        with pytest.raises(ServerError, match="crashes on string inputs with numpy 2"):
+            _check_model_env(Path(sys.prefix))
