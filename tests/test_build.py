@@ -246,6 +246,7 @@ def test_fp32_build_is_complete_and_verifies(checkpoint, tmp_path, capsys):
     (["--seq", "1,64"], "exactly three values"),
     (["--backend", "tensorrt"], "--backend tensorrt needs TensorRT"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--backend", "onnxruntime", "--inference-precision", "f32"], "applies to --backend openvino only"),
 ])
 def test_bad_build_arguments_are_one_line_errors(checkpoint, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -318,6 +319,49 @@ def test_demo_model_meets_the_precision_bars(tmp_path, precision, recipe):
         assert ("QuantizeLinear" in ops) == (recipe == "qdq") and ("MatMulInteger" in ops) == (recipe == "dynamic")
         if recipe == "qdq":
             assert check_graph(result.folder / "model.onnx") == []
+
+
+# ---------------------------------------------------------------------------- OpenVINO
+def test_openvino_int8_build_is_checked_on_openvino_and_records_the_machine(tmp_path):
+    """`build --backend openvino --int8`: the calibrated Q/DQ graph, checked on OpenVINO against the FP32
+    graph with the INT8 bars (demo model: >= 99 % top-1 at masked held-out positions); build.json names
+    the OpenVINO version, the inference precision and the CPU."""
+    pytest.importorskip("openvino")
+    from mbert_export.build import DEFAULT_CHECKPOINT
+    from mbert_export.runtime import OvMegatronBert
+
+    messages: list[str] = []
+    result = build_artifact("mlm", "int8", checkpoint=DEFAULT_CHECKPOINT, output_dir=tmp_path / "ov", backend="openvino",
+                            seq=["1,64,128"], batch=["1,4,8"], progress=messages.append)
+    assert any("on OpenVINO at inference precision f32" in m for m in messages)
+    sidecar = result.sidecar
+    assert sidecar["backend"] == "openvino" and sidecar["int8_recipe"] == "qdq"
+    assert sidecar["openvino"]["inference_precision"] == "f32" and sidecar["openvino"]["version"]
+    assert sidecar["machine"]["cpu"] and sidecar["machine"]["cores"] >= 1 and "versions" in sidecar["machine"]
+    held_out = sidecar["accuracy"]["held-out masked text"]["logits"]
+    assert held_out["top1_agreement"] >= 0.99 and held_out["positions"] > 1000
+    with OvMegatronBert(result.folder) as ov:
+        assert ov.inference_precision == "f32" and ov.verify().passed
+
+
+def test_openvino_choices_follow_the_cpu(checkpoint, tmp_path):
+    """auto picks OpenVINO only where its int8 kernels measured faster (int8 dot-product CPUs); bf16 is
+    refused before any work on CPUs without it."""
+    pytest.importorskip("openvino")
+    from mbert_export.build import INT8_DOT_PRODUCT_FLAGS, choose_backend, tensorrt_status
+    from mbert_export.machine import cpu_flags
+    from mbert_export.runtime.openvino import cpu_capabilities
+
+    said: list[str] = []
+    chosen = choose_backend("auto", said.append)
+    if not tensorrt_status()[0]:
+        assert chosen == ("openvino" if set(cpu_flags()) & set(INT8_DOT_PRODUCT_FLAGS) else "onnxruntime")
+        assert "int8 dot-product" in said[0] or "has" in said[0]
+    if "BF16" not in cpu_capabilities():
+        with pytest.raises(BuildError, match="bf16 needs a CPU with BF16 support"):
+            build_artifact("mlm", "fp32", checkpoint=checkpoint, output_dir=tmp_path / "x", backend="openvino",
+                           inference_precision="bf16")
+        assert not (tmp_path / "x").exists()
 
 
 # ---------------------------------------------------------------------------- real TensorRT engines

@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 openvino = pytest.importorskip("openvino")
 
+from helpers import run_in_threads, run_without_modules  # noqa: E402
 from test_runtime import TEXTS, build, tokenizer  # noqa: E402,F401 (module-scoped fixtures)
 
 from mbert_export.runtime import OpenVinoCompileError, OrtMegatronBert, OvMegatronBert  # noqa: E402
@@ -177,23 +177,9 @@ def test_threads_give_the_serial_results_and_close_is_final(mlm):
     ov = OvMegatronBert(mlm, cache_dir=False, threads=1)
     work = [_feeds(1 + i % 3, 5 + 7 * i, seed=i) for i in range(6)]
     serial = [ov.run(f)["logits"] for f in work]
-    errors, results = [], []
-
-    def worker():
-        try:
-            for i, f in enumerate(work):
-                results.append((i, ov.run(f)["logits"]))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(results) == 4 * len(work)
-    for i, value in results:
-        np.testing.assert_array_equal(value, serial[i])
+    for outputs in run_in_threads(lambda: [ov.run(f)["logits"] for f in work], threads=4, repeats=2):
+        for value, expected in zip(outputs, serial):
+            np.testing.assert_array_equal(value, expected)
     ov.close()
     ov.close()
     with pytest.raises(RuntimeError, match="closed"):
@@ -201,19 +187,11 @@ def test_threads_give_the_serial_results_and_close_is_final(mlm):
 
 
 def test_openvino_runtime_needs_neither_torch_nor_onnxruntime(mlm):
-    code = f"""
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'transformers', 'tensorrt', 'onnx', 'onnxruntime'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
+    proc = run_without_modules(f"""
 from mbert_export.runtime import OvMegatronBert
 rt = OvMegatronBert({str(mlm)!r}, cache_dir=False)
 print(rt.fill_mask('paris is the [MASK] of france.', top_k=2)[0]['token_str'])
 print(rt.verify().passed)
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+""", blocked=("torch", "transformers", "tensorrt", "onnx", "onnxruntime"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == "True"
