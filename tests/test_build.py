@@ -395,15 +395,22 @@ def test_benchmark_writes_tables_with_speedups_and_held_out_agreement(tmp_path, 
     monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr(bench, "ARTIFACTS_DIR", tmp_path / "artifacts")
     messages = []
-    report = bench.run_benchmark("demo", backends=("pytorch-fp32", "ort-fp32", "ort-int8-dynamic"), batches=(2,),
+    backends = ("pytorch-fp32", "ort-fp32", "ort-int8-dynamic", "ov-f32", "ov-bf16")
+    report = bench.run_benchmark("demo", backends=backends, batches=(2,),
                                  seqs=(32,), repeats=3, warmup=1, name="t", progress=messages.append)
     rows = report["results"][0]["backends"]
-    assert set(rows) == {"pytorch-fp32", "ort-fp32", "ort-int8-dynamic"}
+    has_bf16 = not any(m.startswith("bench: ov-bf16 skipped") for m in messages)
+    assert set(rows) == {"pytorch-fp32", "ort-fp32", "ort-int8-dynamic", "ov-f32"} | ({"ov-bf16"} if has_bf16 else set())
     assert rows["pytorch-fp32"]["speedup_vs_pytorch_fp32"] == 1.0 and rows["ort-fp32"]["rounds"] == 3
     agreement = report["held_out_agreement"]
     assert agreement["ort-fp32"]["top1_agreement"] >= 0.999 and agreement["ort-fp32"]["positions"] > 1000
+    assert agreement["ov-f32"]["top1_agreement"] >= 0.999
     assert agreement["ort-int8-dynamic"]["top1_agreement"] >= 0.99
     table = (tmp_path / "results" / "t.md").read_text()
     assert "| 2 x 32 | ort-int8-dynamic |" in table and "Masked held-out text" in table
-    assert json.loads((tmp_path / "results" / "t.json").read_text())["name"] == "t"
+    saved = json.loads((tmp_path / "results" / "t.json").read_text())
+    assert saved["name"] == "t"
+    machine = saved["machine"]  # every result names its machine
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["threads"] == 2 and "openvino" in machine["versions"]
+    assert machine["cpu"] in table.splitlines()[0] and "ISA:" in table.splitlines()[0]
     assert any("interleaved" in m for m in messages)
