@@ -17,6 +17,15 @@ from .verify import Thresholds, VerifyReport, compare_outputs, load_reference, t
 __all__ = ["OrtMegatronBert", "OvMegatronBert", "TRTMegatronBert", "compare"]
 
 
+def _start(pipeline: MegatronBertPipeline, backend, artifact, tokenizer, max_batch) -> None:
+    """The pipeline's __init__ over a freshly opened backend, which is closed if that fails."""
+    try:
+        MegatronBertPipeline.__init__(pipeline, backend, artifact, tokenizer, max_batch)
+    except BaseException:
+        backend.close()
+        raise
+
+
 class OrtMegatronBert(MegatronBertPipeline):
     """An exported graph on ONNX Runtime: `OrtMegatronBert("onnx/mlm")` or `(".../model.onnx")`.
 
@@ -30,11 +39,7 @@ class OrtMegatronBert(MegatronBertPipeline):
                  tokenizer: Any = None, max_batch: int | None = None, session_options: Any = None):
         artifact = open_artifact(path, "onnx")
         backend = OnnxRuntimeBackend(artifact.onnx_path, providers, session_options)
-        try:
-            super().__init__(backend, artifact, tokenizer, max_batch)
-        except BaseException:
-            backend.close()
-            raise
+        _start(self, backend, artifact, tokenizer, max_batch)
 
 
 class OvMegatronBert(MegatronBertPipeline):
@@ -59,11 +64,7 @@ class OvMegatronBert(MegatronBertPipeline):
         backend = OpenVinoBackend(artifact.onnx_path, inference_precision=inference_precision, threads=threads,
                                   performance_hint=performance_hint, num_streams=num_streams,
                                   cache_dir=cache_dir, config=config)
-        try:
-            super().__init__(backend, artifact, tokenizer, max_batch)
-        except BaseException:
-            backend.close()
-            raise
+        _start(self, backend, artifact, tokenizer, max_batch)
 
     @property
     def inference_precision(self) -> str:
@@ -94,11 +95,7 @@ class TRTMegatronBert(MegatronBertPipeline):
         artifact = open_artifact(engine_or_folder, "engine")
         backend = TensorRTBackend(artifact.engine_path, artifact.sidecar, check_compatibility=check_compatibility,
                                   cuda_graph=cuda_graph, device=device)
-        try:
-            super().__init__(backend, artifact, tokenizer, max_batch)
-        except BaseException:
-            backend.close()
-            raise
+        _start(self, backend, artifact, tokenizer, max_batch)
 
 
 def compare(reference: MegatronBertPipeline, candidate: MegatronBertPipeline,
