@@ -96,7 +96,7 @@ def test_a_damaged_artifact_fails_parity(task_artifacts, tmp_path):
 
 # ---------------------------------------------------------------------------- OpenVINO (CPU)
 #: OpenVINO rows: (graph, inference precision). bf16 needs AVX512-BF16/AMX; it skips elsewhere.
-OPENVINO_ROWS = (("fp32", "f32"), ("fp32", "bf16"), ("int8-qdq", "f32"))
+OPENVINO_ROWS = (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8-qdq", "f32"))
 #: One call of each task's method, run on OpenVINO and on ONNX Runtime (the same FP32 graph).
 METHOD_CALLS = {
     "base": ("embed", ("Paris is a city.",), {"pooling": "mean"}),
