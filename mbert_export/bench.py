@@ -6,6 +6,11 @@ CPU-only dynamic-INT8 graph (MatMulInteger; ONNX Runtime CPU's fast integer path
 engines when TensorRT and a GPU are present. Each shape: warm-up, then `repeats` rounds in which
 every backend runs once (interleaved), with a fixed thread count. Writes
 `benchmarks/results/<name>.json`, `.md` and `.png`; prints progress and the table.
+
+OpenVINO (CPU) runs the FP32 graph at f32 (`ov-f32`) and bf16 (`ov-bf16`, CPUs with AVX512-BF16/AMX
+only) and the INT8 Q/DQ graph (`ov-int8`). Every result file and table names the machine (CPU
+model, cores, threads, the ISA flags that decide int8/bf16 speed, library versions): ratios differ
+between CPUs.
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ Progress = Callable[[str], None]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 ARTIFACTS_DIR = REPO_ROOT / "benchmarks" / "artifacts"
 ALL_BACKENDS = ("pytorch-fp32", "pytorch-bf16", "ort-fp32", "ort-fp16", "ort-int8-qdq", "ort-int8-dynamic",
-                "trt-fp16", "trt-int8")
+                "ov-f32", "ov-bf16", "ov-int8", "trt-fp16", "trt-int8")
+#: OpenVINO backends -> (the ONNX Runtime backend whose graph they run, inference precision).
+OPENVINO_BACKENDS = {"ov-f32": ("ort-fp32", "f32"), "ov-bf16": ("ort-fp32", "bf16"), "ov-int8": ("ort-int8-qdq", "f32")}
 REFERENCE = "pytorch-fp32"
 #: Untimed pause before each timed call: the previous backend's threads spin-wait for a while
 #: after its call (OpenMP in torch, ONNX Runtime's pool) and would take cores from the next one;
@@ -66,7 +73,8 @@ def prepare_graphs(model, name: str, checkpoint: Path | None, backends: Sequence
     graphs = {"ort-fp32": folder / "fp32" / "model.onnx", "ort-fp16": folder / "fp16" / "model.onnx",
               "ort-int8-qdq": folder / "int8-qdq" / "model.onnx",
               "ort-int8-dynamic": folder / "int8-dynamic" / "model.onnx"}
-    wanted = {b for b in backends if b.startswith("ort-")}
+    wanted = {b for b in backends if b.startswith("ort-")} | {OPENVINO_BACKENDS[b][0] for b in backends
+                                                              if b in OPENVINO_BACKENDS}
     if wanted and not graphs["ort-fp32"].exists():
         export_onnx(model, "mlm", graphs["ort-fp32"], verify=False, tokenizer_dir=checkpoint, progress=progress)
     if "ort-fp16" in wanted and not graphs["ort-fp16"].exists():
@@ -119,6 +127,11 @@ def make_runners(model, graphs: dict, backends: Sequence[str], threads: int, pro
             runners[backend] = torch_runner(False)
         elif backend == "pytorch-bf16":
             runners[backend] = torch_runner(True)
+        elif backend in OPENVINO_BACKENDS:
+            runner = _openvino_runner(graphs[OPENVINO_BACKENDS[backend][0]], OPENVINO_BACKENDS[backend][1], threads,
+                                      backend, progress)
+            if runner is not None:
+                runners[backend] = runner
         elif backend in graphs:
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
@@ -135,6 +148,19 @@ def make_runners(model, graphs: dict, backends: Sequence[str], threads: int, pro
             runtime = TRTMegatronBert(engine)
             runners[backend] = lambda feeds, r=runtime: r.run(feeds)["logits"]
     return runners
+
+
+def _openvino_runner(graph: Path, precision: str, threads: int, name: str, progress: Progress):
+    """callable(feeds) -> logits on OpenVINO, or None (with a note) when OpenVINO or the precision is missing."""
+    from .runtime.openvino import OpenVinoBackend
+
+    try:
+        backend = OpenVinoBackend(graph, inference_precision=precision, threads=threads)
+    except (ImportError, ValueError) as exc:
+        progress(f"bench: {name} skipped ({exc})")
+        return None
+    progress(f"bench: {name} = {backend.describe()}")
+    return lambda feeds: backend.infer(feeds)["logits"]
 
 
 def bench_shape(runners: dict, feeds: dict, warmup: int, repeats: int, budget_s: float,
@@ -199,13 +225,15 @@ def held_out_agreement(runners: dict, checkpoint: Path, real_vocab_size: int, ma
 
 
 def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BACKENDS,
-                  batches: Sequence[int] = (1, 8, 32), seqs: Sequence[int] = (128, 384), threads: int = 2,
+                  batches: Sequence[int] = (1, 8, 32), seqs: Sequence[int] = (128, 384),
+                  shapes: Sequence[tuple[int, int]] | None = None, threads: int = 2,
                   warmup: int = 2, repeats: int = 20, budget_s: float = 60.0, name: str | None = None,
                   progress: Progress | None = None) -> dict:
-    """Benchmark every backend on every (batch, sequence) shape and write the result files."""
-    import platform
-
+    """Benchmark every backend on every (batch, sequence) shape (`shapes`, else batches x seqs) and write
+    the result files."""
     import torch
+
+    from .machine import machine_info, machine_line
 
     say = progress or (lambda message: None)
     name = name or f"bench-{model_name}"
@@ -216,17 +244,20 @@ def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BAC
     runners = make_runners(model, graphs, backends, threads, say)
     rng = np.random.default_rng(0)
     report = {"name": name, "model": model_name, "threads": threads, "warmup": warmup, "repeats": repeats,
-              "machine": {"cpu": platform.processor() or platform.machine(), "cores": _cores(),
-                          "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+              "machine": {**machine_info(threads), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
               "results": [], "held_out_agreement": None}
-    for batch in batches:
-        for seq in seqs:
-            say(f"bench: batch {batch} x seq {seq} ({len(runners)} backends, interleaved)")
-            ids = rng.integers(5, model.config.real_vocab_size, size=(batch, seq), dtype=np.int64)
-            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-            rows = bench_shape(runners, feeds, warmup, repeats, budget_s, say)
-            report["results"].append({"batch": batch, "sequence": seq, "backends": rows})
-            write_report(report, say, quiet=True)  # partial results survive an interrupted run
+    if shapes is None:
+        shapes = [(batch, seq) for batch in batches for seq in seqs]
+    else:
+        shapes = [(batch, min(seq, max_pos)) for batch, seq in shapes]
+    say(f"bench: {machine_line(report['machine'])}")
+    for batch, seq in shapes:
+        say(f"bench: batch {batch} x seq {seq} ({len(runners)} backends, interleaved)")
+        ids = rng.integers(5, model.config.real_vocab_size, size=(batch, seq), dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        rows = bench_shape(runners, feeds, warmup, repeats, budget_s, say)
+        report["results"].append({"batch": batch, "sequence": seq, "backends": rows})
+        write_report(report, say, quiet=True)  # partial results survive an interrupted run
     if checkpoint is not None and ((checkpoint / "vocab.txt").exists() or (checkpoint / "tokenizer.json").exists()):
         report["held_out_agreement"] = held_out_agreement(runners, checkpoint, model.config.real_vocab_size,
                                                           max_pos, say)
@@ -234,15 +265,11 @@ def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BAC
     return report
 
 
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0))
-
-
 def markdown_table(report: dict) -> str:
-    lines = [f"Model `{report['model']}`, {report['threads']} threads, {report['machine']['cores']} cores "
-             f"({report['machine']['cpu_capability']}); speedup = PyTorch eager FP32 median / backend median, "
+    from .machine import machine_line
+
+    lines = [f"Model `{report['model']}` on {machine_line(report['machine'])} (torch CPU capability "
+             f"{report['machine'].get('cpu_capability')}); speedup = PyTorch eager FP32 median / backend median, "
              "measured in the same interleaved run.", "",
              "| batch x seq | backend | median ms | p90 ms | p99 ms | seq/s | speedup | top-1 vs PyTorch FP32, all positions |",
              "|---|---|---|---|---|---|---|---|"]

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .machine import machine_info
 from .tasks import BATCH, NUM_CHOICES, SEQUENCE, Task, get_task
 
 Progress = Callable[[str], None]
@@ -28,7 +28,7 @@ ENGINE_NAME, GRAPH_NAME, SIDECAR_NAME = "engine.plan", "model.onnx", "build.json
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ENGINES_DIR = REPO_ROOT / "engines"
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "megatron-bert-demo"
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino")
 #: INT8 recipe: modules kept in float unless --keep-float says otherwise, and the calibration
 #: method. Measured on the demo model (held-out masked text, top-1 agreement with the FP32 graph):
 #: everything quantized 94.9% (max) / 94.8% (percentile); keeping layer 0 + the two attention
@@ -49,7 +49,8 @@ DEFAULT_INT8_RESCORE: tuple[str, ...] = ("cls.predictions.decoder",)
 #: Same keep-float list: measured on the demo model, dynamic INT8 keeps 99.66% top-1 agreement
 #: with it (97.5% with everything quantized).
 INT8_RECIPES = ("qdq", "dynamic")
-INT8_RECIPE_FOR_BACKEND = {"tensorrt": "qdq", "onnxruntime": "dynamic"}
+#: OpenVINO runs the calibrated Q/DQ graph on its int8 kernels (issue 13; README "Benchmarks").
+INT8_RECIPE_FOR_BACKEND = {"tensorrt": "qdq", "onnxruntime": "dynamic", "openvino": "qdq"}
 
 
 class BuildError(ValueError):
@@ -219,13 +220,19 @@ def evaluation_sets(tokenizer, profiles: Sequence[Profile], task: Task, config) 
 
 
 def evaluate_precision(reference: Path, candidate: Path, precision: str, sets: dict[str, list[dict]],
-                       real_vocab_size: int, say: Progress) -> tuple[dict, list[str]]:
-    """compare_graphs on every evaluation set; returns the reports and the bars they miss."""
+                       real_vocab_size: int, say: Progress, backend: str = "onnxruntime",
+                       inference_precision: str | None = None) -> tuple[dict, list[str]]:
+    """compare_graphs on every evaluation set (the candidate on `backend`); returns the reports and the
+    bars they miss. An OpenVINO float graph at bf16 is judged by the bf16 bars."""
     from .precision import accuracy_problems, compare_graphs
 
+    if inference_precision == "bf16" and precision in ("fp32", "fp16"):
+        precision = "bf16"
     reports, problems = {}, []
     for name, batches in sets.items():
-        report = compare_graphs(reference, candidate, batches, real_vocab_size=real_vocab_size)
+        report = compare_graphs(reference, candidate, batches, real_vocab_size=real_vocab_size,
+                                backend="openvino" if backend == "openvino" else "onnxruntime",
+                                inference_precision=inference_precision)
         reports[name] = report
         for output, entry in report.items():
             line = f"  {name:>24} {output}: max |diff| {entry['max_abs_diff']:.3g}"
@@ -247,15 +254,54 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def openvino_status() -> tuple[bool, str]:
+    """(usable, reason): OpenVINO imports and sees the CPU."""
+    try:
+        from .runtime.openvino.loader import cpu_capabilities, openvino_version
+
+        capabilities = cpu_capabilities()
+    except ImportError as exc:
+        return False, str(exc)
+    except Exception as exc:
+        return False, f"OpenVINO cannot use the CPU ({type(exc).__name__}: {exc})"
+    return True, f"OpenVINO {openvino_version()} ({', '.join(capabilities)})"
+
+
+#: CPU flags of int8 dot-product instructions. OpenVINO's int8 kernels need them to beat ONNX Runtime:
+#: with AVX-512 VNNI its Q/DQ graph ran 1.16x the ONNX Runtime CPU recipe's speed (issue 13, 345M
+#: 1 x 128); on AVX2 alone it ran its int8 layers no faster than f32, at 0.4-0.5x of ONNX Runtime's
+#: dynamic INT8 (README "OpenVINO (CPU)").
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
 def choose_backend(requested: str, say: Progress) -> str:
-    """'auto' -> TensorRT when it imports and sees a GPU, else ONNX Runtime (saying which and why)."""
+    """'auto' -> TensorRT when it imports and sees a GPU; else OpenVINO when it is installed and the CPU
+    has int8 dot-product instructions (where it measured faster); else ONNX Runtime. Says why."""
+    from .machine import cpu_flags
+
     if requested not in BACKENDS:
         raise BuildError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
     usable, reason = tensorrt_status()
     if requested == "tensorrt" and not usable:
         raise BuildError(f"--backend tensorrt needs TensorRT and an NVIDIA GPU: {reason}. "
-                         "Use --backend onnxruntime (or auto) on this machine.")
-    backend = requested if requested != "auto" else ("tensorrt" if usable else "onnxruntime")
+                         "Use --backend onnxruntime or openvino (or auto) on this machine.")
+    backend = requested
+    if requested == "openvino" or (requested == "auto" and not usable):
+        ov_usable, ov_reason = openvino_status()
+        if requested == "openvino" and not ov_usable:
+            raise BuildError(f"--backend openvino needs OpenVINO: {ov_reason}")
+        dot = [f for f in cpu_flags() if f in INT8_DOT_PRODUCT_FLAGS]
+        if requested == "openvino":
+            reason = ov_reason
+        elif ov_usable and dot:
+            backend, reason = "openvino", f"{reason}; {ov_reason}, CPU has {', '.join(dot)}"
+        elif ov_usable:
+            reason = (f"{reason}; {ov_reason} is installed, but this CPU has no int8 dot-product instructions "
+                      f"({', '.join(INT8_DOT_PRODUCT_FLAGS)}), where ONNX Runtime measured faster")
+        else:
+            reason = f"{reason}; {ov_reason}"
+    if backend == "auto":
+        backend = "tensorrt" if usable else "onnxruntime"
     say(f"build: backend {backend} ({reason})")
     return backend
 
@@ -271,19 +317,11 @@ def choose_int8_recipe(requested: str, backend: str) -> str:
 
 
 def library_versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for module in ("torch", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            versions[module] = __import__(module).__version__
-        except ImportError:
-            pass
     from . import __version__
-
+    from .machine import library_versions as installed
     from .runtime.tensorrt.loader import tensorrt_version
 
-    versions["tensorrt"] = tensorrt_version()
-    versions["mbert_export"] = __version__
-    return versions
+    return {**installed(), "tensorrt": tensorrt_version(), "mbert_export": __version__}
 
 
 @dataclass
@@ -294,7 +332,9 @@ class BuildResult:
     def summary(self) -> str:
         """One paragraph: what was built and how close it is to the reference."""
         s = self.sidecar
-        lines = [f"{self.folder}: task {s['task']}, {s['precision']}, backend {s['backend']}, "
+        runs_on = (f" (OpenVINO {s['openvino']['version']}, inference precision "
+                   f"{s['openvino']['inference_precision']})" if s.get("openvino") else "")
+        lines = [f"{self.folder}: task {s['task']}, {s['precision']}, backend {s['backend']}{runs_on}, "
                  f"{s['build_seconds']} s",
                  f"  FP32 graph vs PyTorch reference: max |diff| {s['export_max_abs_diff']:.2e}"]
         entries = [(name, out, e) for name, rep in s.get("accuracy", {}).items() for out, e in rep.items()]
@@ -322,7 +362,8 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                    batch: Sequence[str] = (), seq: Sequence[str] = (), choices: str | None = None,
                    calibration: str | Path | None = None, calibration_method: str = DEFAULT_CALIBRATION_METHOD,
                    keep_float: Sequence[str] | None = None, int8_recipe: str = "auto",
-                   int8_rescore: Sequence[str] | None = None, force: bool = False,
+                   int8_rescore: Sequence[str] | None = None, inference_precision: str | None = None,
+                   force: bool = False,
                    optimization_level: int = 3, workspace_gb: float = 4.0,
                    progress: Progress | None = None) -> BuildResult:
     """Checkpoint -> verified artifact folder for `task_name` at `precision` (see module docstring)."""
@@ -330,7 +371,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
 
     from .export import copy_tokenizer, export_onnx, load_model_for_task
     from .fileio import atomic_dir
-    from .parity import REFERENCE_FILE
+    from .reference import REFERENCE_FILE
     from .precision import check_precision, convert_fp16, quantize_int8, quantize_int8_dynamic
 
     say = progress or (lambda message: None)
@@ -347,6 +388,15 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
     choose_int8_recipe(int8_recipe, backend)  # bad combinations fail before any work
     backend = choose_backend(backend, say)
     recipe = choose_int8_recipe(int8_recipe, backend)
+    if inference_precision is not None and backend != "openvino":
+        raise BuildError("--inference-precision applies to --backend openvino only")
+    if backend == "openvino":
+        from .runtime.openvino.loader import cpu_capabilities, resolve_inference_precision
+
+        try:
+            inference_precision = resolve_inference_precision(inference_precision, cpu_capabilities())
+        except ValueError as exc:
+            raise BuildError(str(exc)) from None
     if int8_rescore is not None and (precision != "int8" or recipe != "dynamic"):
         raise BuildError("--int8-rescore applies to the dynamic INT8 recipe only (--int8 --int8-recipe dynamic)")
     model = load_model_for_task(checkpoint, task, progress=say)
@@ -386,10 +436,14 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
             if kept:
                 say(f"int8: kept in float: {', '.join(kept)}")
         accuracy: dict = {}
-        if precision != "fp32":
-            say(f"build: checking the {precision} graph against the FP32 graph on ONNX Runtime")
+        if precision != "fp32" or backend == "openvino":
+            runs_on = ("ONNX Runtime" if backend != "openvino"
+                       else f"OpenVINO at inference precision {inference_precision}")
+            say(f"build: checking the {precision} graph on {runs_on} against the FP32 graph on ONNX Runtime")
             sets = evaluation_sets(tokenizer, profiles, task, config)
-            accuracy, problems = evaluate_precision(fp32_path, graph, precision, sets, config.real_vocab_size, say)
+            reference = fp32_path if fp32_path.exists() else graph  # fp32: the graph itself, on ONNX Runtime
+            accuracy, problems = evaluate_precision(reference, graph, precision, sets, config.real_vocab_size, say,
+                                                    backend=backend, inference_precision=inference_precision)
             if problems:
                 hint = ("Try --calibration-method entropy or percentile, or --keep-float MODULE for the "
                         "layers that lose most." if precision == "int8" else
@@ -409,11 +463,16 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
             **({"int8_recipe": recipe} if precision == "int8" else {}),
             **({"int8_rescore": rescored_modules} if precision == "int8" and recipe == "dynamic" else {}),
             "calibration": calibration_info, "accuracy": accuracy,
-            "versions": library_versions(),
+            "versions": library_versions(), "machine": machine_info(),
             "tokenizer_files": sorted(p.name for p in stage.iterdir()
                                       if p.name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
                                                     "special_tokens_map.json")),
         }
+        if backend == "openvino":
+            from .runtime.openvino.loader import cpu_capabilities, openvino_version
+
+            sidecar["openvino"] = {"version": openvino_version(), "inference_precision": inference_precision,
+                                   "device": "CPU", "capabilities": cpu_capabilities()}
         if backend == "tensorrt":
             environment = tensorrt_environment()
             capability = environment["compute_capability"]

@@ -133,8 +133,12 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", dest="precision", help=argparse.SUPPRESS)
     p.add_argument("--checkpoint", help="Hugging Face folder or Megatron-LM checkpoint (default: the demo model "
                                         "in models/megatron-bert-demo)")
-    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime"],
-                   help="auto: TensorRT when it imports and sees a GPU, else ONNX Runtime")
+    p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "openvino"],
+                   help="auto: TensorRT when it imports and sees a GPU, else OpenVINO (CPU) when installed, "
+                        "else ONNX Runtime")
+    p.add_argument("--inference-precision", choices=["f32", "bf16"], default=None,
+                   help="OpenVINO: compute precision of float ops (default f32; bf16 needs AVX512-BF16 or AMX); "
+                        "checked and recorded in build.json")
     p.add_argument("--output-dir", help="artifact folder (default: engines/TASK-PRECISION)")
     p.add_argument("--batch", action="append", default=[], metavar="MIN,OPT,MAX",
                    help="batch sizes of a profile (default 1,8,32); repeat for several profiles")
@@ -184,7 +188,7 @@ def run_build(args: argparse.Namespace) -> int:
         backend=args.backend, batch=args.batch, seq=args.seq, choices=args.choices,
         calibration=args.calibration, calibration_method=args.calibration_method,
         keep_float=args.keep_float, int8_recipe=args.int8_recipe, int8_rescore=args.int8_rescore,
-        force=args.force,
+        inference_precision=args.inference_precision, force=args.force,
         optimization_level=args.opt_level, workspace_gb=args.workspace_gb, progress=progress)
     print(result.summary())
     return report_built_artifact(result.folder, result.sidecar)
@@ -198,8 +202,8 @@ def report_built_artifact(folder, sidecar: dict) -> int:
     """Run the artifact on its reference vectors (and one fill_mask example for MLM) through the runtime."""
     from .tasks import get_task
 
-    backend = "tensorrt" if sidecar.get("engine") else "onnxruntime"
-    with _open_runtime(str(folder), backend) as runtime:
+    backend = "tensorrt" if sidecar.get("engine") else sidecar.get("backend", "onnxruntime")
+    with _open_runtime(str(folder), backend if backend in RUNTIME_BACKENDS else "onnxruntime") as runtime:
         report = runtime.verify()
         print(report.summary())
         if "fill_mask" in get_task(sidecar["task"]).methods and runtime.tokenizer is not None:
@@ -210,11 +214,16 @@ def report_built_artifact(folder, sidecar: dict) -> int:
 
 
 # ---------------------------------------------------------------------------- verify / compare
+RUNTIME_BACKENDS = ("onnxruntime", "tensorrt", "openvino")
+
+
 def _open_runtime(path: str, backend: str):
-    from .runtime import OrtMegatronBert, TRTMegatronBert
+    from .runtime import OrtMegatronBert, OvMegatronBert, TRTMegatronBert
 
     if backend == "tensorrt":
         return TRTMegatronBert(path)
+    if backend == "openvino":
+        return OvMegatronBert(path)
     return OrtMegatronBert(path)
 
 
@@ -226,7 +235,7 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
                     "TensorRT engine) on them, without torch, and exits 1 when it misses the thresholds "
                     "of its precision (fp32: 1e-4 max abs; fp16: 99.9% top-1; int8: 99% top-1).")
     p.add_argument("artifact", help="artifact folder, model.onnx or engine.plan")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime")
+    p.add_argument("--backend", choices=RUNTIME_BACKENDS, default="onnxruntime")
     p.add_argument("--reference", help="reference .npz (default: reference.npz next to the artifact)")
     p.set_defaults(run=run_verify)
 
@@ -254,7 +263,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--reference-artifact", help="another artifact of the same task (e.g. the FP32 graph)")
     p.add_argument("--samples", type=int, default=32, help="held-out sentences to use (default 32)")
     p.add_argument("--report", help="write the report here (.json, plus a .md beside it)")
-    p.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+    p.add_argument("--backend", choices=RUNTIME_BACKENDS, default="onnxruntime",
                    help="backend for the artifact")
     p.set_defaults(run=run_compare)
 
@@ -283,15 +292,18 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench", help="latency/throughput of every backend, interleaved in one run",
         description="Time the PyTorch reference (FP32, BF16 autocast), ONNX Runtime on the FP32/FP16/INT8 "
-                    "graphs (and the CPU dynamic-INT8 graph) and TensorRT engines when present, on the MLM "
+                    "graphs (and the CPU dynamic-INT8 graph), OpenVINO on the FP32 graph (f32, bf16 where the "
+                    "CPU has it) and the INT8 Q/DQ graph, and TensorRT engines when present, on the MLM "
                     "head. Every ratio comes from the same interleaved run. Writes "
-                    "benchmarks/results/NAME.{json,md,png}.")
+                    "benchmarks/results/NAME.{json,md,png}, each naming the machine (CPU, cores, ISA flags, "
+                    "library versions).")
     p.add_argument("--model", default="demo",
                    help="'demo' (trained demo model), a preset such as megatron-bert-345m-cased (random "
                         "weights: speed only), or a Hugging Face folder")
     p.add_argument("--backends", default=",".join(ALL_BACKENDS), help="comma-separated subset")
     p.add_argument("--batch", default="1,8,32", help="batch sizes (default 1,8,32)")
     p.add_argument("--seq", default="128,384", help="sequence lengths (default 128,384)")
+    p.add_argument("--shapes", help="BATCHxSEQ list instead of --batch x --seq, e.g. 1x128,8x128,1x384")
     p.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per backend and shape (default 2)")
     p.add_argument("--repeats", type=int, default=20, help="interleaved rounds per shape (default 20)")
@@ -306,8 +318,16 @@ def run_bench(args: argparse.Namespace) -> int:
     def ints(text: str) -> list[int]:
         return [int(v) for v in text.split(",") if v]
 
+    shapes = None
+    if args.shapes:
+        try:
+            shapes = [tuple(int(v) for v in item.lower().split("x")) for item in args.shapes.split(",") if item]
+        except ValueError:
+            raise ValueError(f"--shapes {args.shapes!r}: expected BATCHxSEQ items such as 1x128,8x128") from None
+        if any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+            raise ValueError(f"--shapes {args.shapes!r}: expected positive BATCHxSEQ items such as 1x128,8x128")
     run_benchmark(args.model, backends=args.backends.split(","), batches=ints(args.batch), seqs=ints(args.seq),
-                  threads=args.threads, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget,
+                  shapes=shapes, threads=args.threads, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget,
                   name=args.name, progress=progress)
     return 0
 

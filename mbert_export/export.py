@@ -29,6 +29,7 @@ from .checkpoints import CheckpointError
 from .config import MegatronBertConfig
 from .fileio import EXTERNAL_DATA_THRESHOLD, atomic_path, publish_onnx, staging_dir
 from .modeling import MODEL_CLASSES, MegatronBertPreTrainedModel
+from .reference import reference_outputs, write_reference_vectors
 from .tasks import BATCH, NUM_CHOICES, SEQUENCE, Task, get_task, sample_inputs  # noqa: F401 (re-exported)
 
 MIN_OPSET = 17  # first opset with a native LayerNormalization (TensorRT keeps its accumulation in FP32)
@@ -266,8 +267,6 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
     copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else None, output.parent)
     # Reference vectors: a few real inputs and the PyTorch outputs, so that the deployed artifact can
     # prove itself without torch (runtime.verify / mbert-export verify).
-    from .parity import write_reference_vectors
-
     write_reference_vectors(model, task, output.parent, max_seq_len=max_seq_len)
     result = ExportResult(output, task.name, opset, external, time.perf_counter() - start, max_abs_diff)
     say(f"export: {result.summary()}")
@@ -275,13 +274,6 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
 
 
 # ---------------------------------------------------------------------------- verification
-def reference_outputs(model: MegatronBertPreTrainedModel, task: Task,
-                      feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    with torch.no_grad():
-        out = model(**{k: torch.from_numpy(v) for k, v in feeds.items()})
-    return {name: out[name].float().numpy() for name in task.output_names}
-
-
 def verify_against_reference(model: MegatronBertPreTrainedModel, task: Task, path: Path,
                              max_seq_len: int, tolerance: float = VERIFY_TOLERANCE) -> dict[str, float]:
     """Run the graph on ONNX Runtime CPU and the reference on the same inputs; fail above `tolerance`."""

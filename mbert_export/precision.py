@@ -202,36 +202,44 @@ def quantize_int8(src: str | Path, output: str | Path, calibration: list[dict[st
 #: Acceptance bars against the FP32 graph (issue: FP16 >= 99.9 % top-1 agreement at masked
 #: positions; INT8 >= 99 % and held-out MLM accuracy within 0.5 points of FP32). The top-1 bars
 #: and the FP32 max-abs bound are the runtime's per-precision thresholds (runtime/verify.py).
-MLM_ACCURACY_DROP = {"fp32": 0.0, "fp16": 0.005, "int8": 0.005}
+MLM_ACCURACY_DROP = {"fp32": 0.0, "fp16": 0.005, "int8": 0.005, "bf16": 0.005}
 
 
 def compare_graphs(reference: str | Path, candidate: str | Path, batches: list[dict[str, np.ndarray]],
-                   real_vocab_size: int | None = None) -> dict:
-    """Run two graphs of one task on ONNX Runtime CPU over `batches` and compare every output.
+                   real_vocab_size: int | None = None, backend: str = "onnxruntime",
+                   inference_precision: str | None = None) -> dict:
+    """Run two graphs of one task over `batches` and compare every output.
 
+    The reference runs on ONNX Runtime CPU; the candidate on `backend` ("onnxruntime", or "openvino"
+    at `inference_precision`), so a graph is checked on the runtime that will serve it.
     Per output, pooled over the batches (runtime.verify.compare_outputs on each): max/mean abs
     difference at real tokens, NaN/inf count of the candidate, top-1 agreement. Positions counted
     for agreement: where a batch has `labels` != -100 (masked positions of MLM text), otherwise
     every real token / sequence. With `labels`, MLM accuracy of both graphs is reported too.
     Padded vocabulary rows (>= real_vocab_size) are excluded from argmax.
     """
-    import onnxruntime as ort
-
+    from .runtime.artifact import read_onnx_metadata
+    from .runtime.onnxruntime import OnnxRuntimeBackend
     from .runtime.verify import Thresholds, compare_outputs
     from .tasks import get_task
 
-    ref = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
-    cand = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
-    task = get_task(ref.get_modelmeta().custom_metadata_map.get("mbert_export.task", "mlm"))
-    names = [o.name for o in ref.get_outputs()]
-    inputs = [i.name for i in ref.get_inputs()]
+    ref = OnnxRuntimeBackend(reference)
+    if backend == "openvino":
+        from .runtime.openvino import OpenVinoBackend
+
+        cand = OpenVinoBackend(candidate, inference_precision=inference_precision, cache_dir=False)
+    elif backend == "onnxruntime":
+        cand = OnnxRuntimeBackend(candidate)
+    else:
+        raise PrecisionError(f"compare_graphs runs candidates on onnxruntime or openvino, not {backend!r}")
+    task = get_task(read_onnx_metadata(reference).get("mbert_export.task", "mlm"))
+    names, inputs = list(ref.output_names), list(ref.input_names)
     vocab = real_vocab_size or 1 << 62
     stats = {n: {"max_abs_diff": 0.0, "sum_abs": 0.0, "count": 0, "nonfinite": 0, "agree": 0, "positions": 0,
                  "ref_correct": 0, "cand_correct": 0, "labelled": 0} for n in names}
     for batch in batches:
         feeds = {k: batch[k] for k in inputs}
-        outs_ref = dict(zip(names, ref.run(names, feeds)))
-        outs_cand = dict(zip(names, cand.run(names, feeds)))
+        outs_ref, outs_cand = ref.infer(feeds), cand.infer(feeds)
         labels = batch.get("labels")
         positions = labels != -100 if labels is not None else None
         for check in compare_outputs(task, batch, outs_ref, outs_cand, Thresholds(), vocab, positions=positions,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -59,3 +64,39 @@ def twin_pair(class_name: str, **config_overrides):
     ours = MODEL_CLASSES[class_name](config).eval()
     ours.load_reference_state_dict(hf_model.state_dict(), source="transformers")
     return config, ours, hf_model
+
+
+def run_in_threads(call, threads: int, repeats: int = 1) -> list:
+    """Run `call()` `repeats` times in each of `threads` threads at once; the results (first error re-raised)."""
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(repeats):
+                results.append(call())
+        except Exception as exc:  # pragma: no cover - re-raised below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def run_without_modules(code: str, blocked=("torch", "transformers", "tensorrt", "onnx")) -> subprocess.CompletedProcess:
+    """Run Python `code` in a fresh process (the repository on its path) where importing `blocked` fails."""
+    root = Path(__file__).resolve().parents[1]
+    guard = f"""
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split('.')[0] in {tuple(blocked)!r}:
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+"""
+    return subprocess.run([sys.executable, "-c", guard + code], cwd=root, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})

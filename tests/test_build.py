@@ -246,6 +246,7 @@ def test_fp32_build_is_complete_and_verifies(checkpoint, tmp_path, capsys):
     (["--seq", "1,64"], "exactly three values"),
     (["--backend", "tensorrt"], "--backend tensorrt needs TensorRT"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
+    (["--backend", "onnxruntime", "--inference-precision", "f32"], "applies to --backend openvino only"),
 ])
 def test_bad_build_arguments_are_one_line_errors(checkpoint, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -320,6 +321,49 @@ def test_demo_model_meets_the_precision_bars(tmp_path, precision, recipe):
             assert check_graph(result.folder / "model.onnx") == []
 
 
+# ---------------------------------------------------------------------------- OpenVINO
+def test_openvino_int8_build_is_checked_on_openvino_and_records_the_machine(tmp_path):
+    """`build --backend openvino --int8`: the calibrated Q/DQ graph, checked on OpenVINO against the FP32
+    graph with the INT8 bars (demo model: >= 99 % top-1 at masked held-out positions); build.json names
+    the OpenVINO version, the inference precision and the CPU."""
+    pytest.importorskip("openvino")
+    from mbert_export.build import DEFAULT_CHECKPOINT
+    from mbert_export.runtime import OvMegatronBert
+
+    messages: list[str] = []
+    result = build_artifact("mlm", "int8", checkpoint=DEFAULT_CHECKPOINT, output_dir=tmp_path / "ov", backend="openvino",
+                            seq=["1,64,128"], batch=["1,4,8"], progress=messages.append)
+    assert any("on OpenVINO at inference precision f32" in m for m in messages)
+    sidecar = result.sidecar
+    assert sidecar["backend"] == "openvino" and sidecar["int8_recipe"] == "qdq"
+    assert sidecar["openvino"]["inference_precision"] == "f32" and sidecar["openvino"]["version"]
+    assert sidecar["machine"]["cpu"] and sidecar["machine"]["cores"] >= 1 and "versions" in sidecar["machine"]
+    held_out = sidecar["accuracy"]["held-out masked text"]["logits"]
+    assert held_out["top1_agreement"] >= 0.99 and held_out["positions"] > 1000
+    with OvMegatronBert(result.folder) as ov:
+        assert ov.inference_precision == "f32" and ov.verify().passed
+
+
+def test_openvino_choices_follow_the_cpu(checkpoint, tmp_path):
+    """auto picks OpenVINO only where its int8 kernels measured faster (int8 dot-product CPUs); bf16 is
+    refused before any work on CPUs without it."""
+    pytest.importorskip("openvino")
+    from mbert_export.build import INT8_DOT_PRODUCT_FLAGS, choose_backend, tensorrt_status
+    from mbert_export.machine import cpu_flags
+    from mbert_export.runtime.openvino import cpu_capabilities
+
+    said: list[str] = []
+    chosen = choose_backend("auto", said.append)
+    if not tensorrt_status()[0]:
+        assert chosen == ("openvino" if set(cpu_flags()) & set(INT8_DOT_PRODUCT_FLAGS) else "onnxruntime")
+        assert "int8 dot-product" in said[0] or "has" in said[0]
+    if "BF16" not in cpu_capabilities():
+        with pytest.raises(BuildError, match="bf16 needs a CPU with BF16 support"):
+            build_artifact("mlm", "fp32", checkpoint=checkpoint, output_dir=tmp_path / "x", backend="openvino",
+                           inference_precision="bf16")
+        assert not (tmp_path / "x").exists()
+
+
 # ---------------------------------------------------------------------------- real TensorRT engines
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
@@ -351,15 +395,22 @@ def test_benchmark_writes_tables_with_speedups_and_held_out_agreement(tmp_path, 
     monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path / "results")
     monkeypatch.setattr(bench, "ARTIFACTS_DIR", tmp_path / "artifacts")
     messages = []
-    report = bench.run_benchmark("demo", backends=("pytorch-fp32", "ort-fp32", "ort-int8-dynamic"), batches=(2,),
+    backends = ("pytorch-fp32", "ort-fp32", "ort-int8-dynamic", "ov-f32", "ov-bf16")
+    report = bench.run_benchmark("demo", backends=backends, batches=(2,),
                                  seqs=(32,), repeats=3, warmup=1, name="t", progress=messages.append)
     rows = report["results"][0]["backends"]
-    assert set(rows) == {"pytorch-fp32", "ort-fp32", "ort-int8-dynamic"}
+    has_bf16 = not any(m.startswith("bench: ov-bf16 skipped") for m in messages)
+    assert set(rows) == {"pytorch-fp32", "ort-fp32", "ort-int8-dynamic", "ov-f32"} | ({"ov-bf16"} if has_bf16 else set())
     assert rows["pytorch-fp32"]["speedup_vs_pytorch_fp32"] == 1.0 and rows["ort-fp32"]["rounds"] == 3
     agreement = report["held_out_agreement"]
     assert agreement["ort-fp32"]["top1_agreement"] >= 0.999 and agreement["ort-fp32"]["positions"] > 1000
+    assert agreement["ov-f32"]["top1_agreement"] >= 0.999
     assert agreement["ort-int8-dynamic"]["top1_agreement"] >= 0.99
     table = (tmp_path / "results" / "t.md").read_text()
     assert "| 2 x 32 | ort-int8-dynamic |" in table and "Masked held-out text" in table
-    assert json.loads((tmp_path / "results" / "t.json").read_text())["name"] == "t"
+    saved = json.loads((tmp_path / "results" / "t.json").read_text())
+    assert saved["name"] == "t"
+    machine = saved["machine"]  # every result names its machine
+    assert machine["cpu"] and machine["cores"] >= 1 and machine["threads"] == 2 and "openvino" in machine["versions"]
+    assert machine["cpu"] in table.splitlines()[0] and "ISA:" in table.splitlines()[0]
     assert any("interleaved" in m for m in messages)

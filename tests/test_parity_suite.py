@@ -6,7 +6,8 @@ turned into the FP16 graph, TensorRT's INT8 Q/DQ graph and ONNX Runtime CPU's dy
 `mbert_export.parity.compare_checkpoint` then runs the reference and the artifact on held-out
 sentences and on random shapes from 1 x 1 to the artifact's maximum, and judges them with the
 precision's thresholds (fp32: 1e-4 max abs; fp16: top-1 >= 99.9 %; int8: top-1 >= 99 %, pooled
-over the held-out text; cosine and NaN/inf on every set). ONNX Runtime CPU runs here; the
+over the held-out text; cosine and NaN/inf on every set). ONNX Runtime CPU runs here, and
+OpenVINO CPU on the FP32 graph (at f32, and bf16 where the CPU has it) and the INT8 Q/DQ graph; the
 TensorRT engines of the same graphs are the `gpu`-marked tests at the end.
 """
 
@@ -91,6 +92,67 @@ def test_a_damaged_artifact_fails_parity(task_artifacts, tmp_path):
     result = compare_checkpoint(checkpoint, other["fp32"], samples=8)
     assert not result["passed"]
     assert any("max abs" in f for r in result["rows"] for f in r["failures"])
+
+
+# ---------------------------------------------------------------------------- OpenVINO (CPU)
+#: OpenVINO rows: (graph, inference precision). bf16 needs AVX512-BF16/AMX; it skips elsewhere.
+OPENVINO_ROWS = (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8-qdq", "f32"))
+#: One call of each task's method, run on OpenVINO and on ONNX Runtime (the same FP32 graph).
+METHOD_CALLS = {
+    "base": ("embed", ("Paris is a city.",), {"pooling": "mean"}),
+    "mlm": ("fill_mask", ("Paris is the [MASK] of France.",), {"top_k": 3}),
+    "causal-lm": ("next_token", ("Paris is the",), {"top_k": 3}),
+    "nsp": ("next_sentence", ("It rained.", "The street is wet."), {}),
+    "pretraining": ("fill_mask", ("Paris is the [MASK] of France.",), {"top_k": 3}),
+    "sequence-classification": ("classify", ("a great movie",), {"top_k": None}),
+    "multiple-choice": ("multiple_choice", ("Pick one:", ["a cat", "a dog", "a car"]), {}),
+    "token-classification": ("classify_tokens", ("Ada lives in London",), {}),
+    "question-answering": ("answer_question", ("Who wrote it?", "Ada wrote it in London."), {}),
+}
+
+
+@pytest.mark.parametrize("graph,inference_precision", OPENVINO_ROWS)
+@pytest.mark.parametrize("task", list(TASKS))
+def test_openvino_matches_the_reference(task_artifacts, task, graph, inference_precision, tmp_path):
+    """The same graphs on OpenVINO (issue 13), judged like the ONNX Runtime rows; an FP32 graph at
+    bf16 by the bf16 bars. Plus each task's method gives ONNX Runtime's result."""
+    pytest.importorskip("openvino")
+    from mbert_export.runtime import OrtMegatronBert, OvMegatronBert
+    from mbert_export.runtime.openvino import cpu_capabilities
+
+    if inference_precision == "bf16" and "BF16" not in cpu_capabilities():
+        pytest.skip(f"bf16 inference needs AVX512-BF16 or AMX; OpenVINO sees {', '.join(cpu_capabilities())} here")
+    checkpoint, artifacts = task_artifacts(task)
+    result = compare_checkpoint(checkpoint, artifacts[graph], samples=SAMPLES, backend="openvino",
+                                inference_precision=inference_precision, report=tmp_path / "parity.json")
+    failures = [f"{r['inputs']} {r['output']}: {f}" for r in result["rows"] for f in r["failures"]]
+    assert result["passed"], "\n".join(failures)
+    expected = "bf16" if inference_precision == "bf16" else graph.split("-")[0]
+    assert result["precision"] == expected and f"{inference_precision}," in result["runs_on"]
+    assert {r["output"] for r in result["rows"]} == set(TASKS[task].output_names)
+    if graph == "fp32" and inference_precision == "f32":
+        method, args, kwargs = METHOD_CALLS[task]
+        with OvMegatronBert(artifacts[graph], cache_dir=False) as ov, OrtMegatronBert(artifacts[graph]) as ort:
+            got, want = getattr(ov, method)(*args, **kwargs), getattr(ort, method)(*args, **kwargs)
+        _assert_same_result(got, want)
+
+
+def _assert_same_result(got, want, tol: float = 1e-4) -> None:
+    """Equal structure, labels and tokens; scores and arrays within `tol`."""
+    import numpy as np
+
+    if isinstance(want, dict):
+        assert set(got) == set(want)
+        for key in want:
+            _assert_same_result(got[key], want[key], tol)
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want)
+        for a, b in zip(got, want):
+            _assert_same_result(a, b, tol)
+    elif isinstance(want, (float, np.floating, np.ndarray)):
+        np.testing.assert_allclose(got, want, atol=tol)
+    else:
+        assert got == want
 
 
 # ---------------------------------------------------------------------------- TensorRT engines

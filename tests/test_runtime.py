@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +20,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
 
+from helpers import run_in_threads, run_without_modules  # noqa: E402
 from mbert_export.config import preset_config  # noqa: E402
 from mbert_export.export import export_onnx  # noqa: E402
 from mbert_export.modeling import MODEL_CLASSES  # noqa: E402
@@ -132,20 +130,12 @@ def _close(a: float, b: float, tol: float = 1e-4) -> bool:
 # ---------------------------------------------------------------------------- torch-free
 def test_runtime_imports_and_runs_without_torch_or_transformers(build):
     folder = build("mlm").folder
-    code = f"""
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split('.')[0] in ('torch', 'transformers', 'tensorrt', 'onnx'):
-            raise ImportError('blocked: ' + name)
-sys.meta_path.insert(0, Block())
+    proc = run_without_modules(f"""
 from mbert_export.runtime import OrtMegatronBert, TRTMegatronBert
 rt = OrtMegatronBert({str(folder)!r})
 print(rt.fill_mask('paris is the [MASK] of france.', top_k=2)[0]['token_str'])
 print(rt.verify().passed)
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+""")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == "True"
 
@@ -542,26 +532,8 @@ def test_eight_threads_give_the_serial_results(build):
     work = [(rt.classify, (t,), {"top_k": None}) for t in TEXTS] + \
            [(mlm.fill_mask, (t.replace("the", "[MASK]", 1) + " [MASK]",), {}) for t in TEXTS]
     serial = [fn(*args, **kw) for fn, args, kw in work]
-    results: dict[tuple[int, int], object] = {}
-    errors = []
-
-    def worker(thread: int):
-        try:
-            for repeat in range(3):
-                for i, (fn, args, kw) in enumerate(work):
-                    results[(thread, repeat * len(work) + i)] = (i, fn(*args, **kw))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
-    assert len(results) == 8 * 3 * len(work)
-    for i, value in results.values():
-        assert value == serial[i]
+    results = run_in_threads(lambda: [fn(*args, **kw) for fn, args, kw in work], threads=8, repeats=3)
+    assert len(results) == 8 * 3 and all(r == serial for r in results)
 
 
 # ---------------------------------------------------------------------------- reference vectors

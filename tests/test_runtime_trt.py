@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import json
 import shutil
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
+from helpers import run_in_threads  # noqa: E402
 from mbert_export.config import preset_config  # noqa: E402
 from mbert_export.export import export_onnx  # noqa: E402
 from mbert_export.modeling import MegatronBertForSequenceClassification  # noqa: E402
@@ -341,21 +341,8 @@ def test_cuda_graphs_replay_each_shape(fakes, artifact):
 def test_threads_share_one_engine_safely(fakes, artifact):
     with TRTMegatronBert(artifact) as rt:
         serial = [rt.classify(t, top_k=None) for t in TEXTS]
-        results, errors = [], []
-
-        def work():
-            try:
-                for _ in range(3):
-                    results.append([rt.classify(t, top_k=None) for t in TEXTS])
-            except Exception as exc:  # pragma: no cover
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors and len(results) == 24 and all(r == serial for r in results)
+        results = run_in_threads(lambda: [rt.classify(t, top_k=None) for t in TEXTS], threads=8, repeats=3)
+        assert len(results) == 24 and all(r == serial for r in results)
 
 
 # ---------------------------------------------------------------------------- refusals

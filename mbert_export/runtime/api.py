@@ -9,11 +9,21 @@ import numpy as np
 
 from .artifact import open_artifact
 from .onnxruntime import OnnxRuntimeBackend
+from .openvino import OpenVinoBackend
 from .pipeline import MegatronBertPipeline
 from .tensorrt import TensorRTBackend
 from .verify import Thresholds, VerifyReport, compare_outputs, load_reference, thresholds_for, with_overrides
 
-__all__ = ["OrtMegatronBert", "TRTMegatronBert", "compare"]
+__all__ = ["OrtMegatronBert", "OvMegatronBert", "TRTMegatronBert", "compare"]
+
+
+def _start(pipeline: MegatronBertPipeline, backend, artifact, tokenizer, max_batch) -> None:
+    """The pipeline's __init__ over a freshly opened backend, which is closed if that fails."""
+    try:
+        MegatronBertPipeline.__init__(pipeline, backend, artifact, tokenizer, max_batch)
+    except BaseException:
+        backend.close()
+        raise
 
 
 class OrtMegatronBert(MegatronBertPipeline):
@@ -29,11 +39,47 @@ class OrtMegatronBert(MegatronBertPipeline):
                  tokenizer: Any = None, max_batch: int | None = None, session_options: Any = None):
         artifact = open_artifact(path, "onnx")
         backend = OnnxRuntimeBackend(artifact.onnx_path, providers, session_options)
-        try:
-            super().__init__(backend, artifact, tokenizer, max_batch)
-        except BaseException:
-            backend.close()
-            raise
+        _start(self, backend, artifact, tokenizer, max_batch)
+
+
+class OvMegatronBert(MegatronBertPipeline):
+    """An exported graph (FP32, FP16 or INT8 Q/DQ `model.onnx`) on OpenVINO, CPU: `OvMegatronBert("onnx/mlm")`.
+
+    inference_precision: "f32" or "bf16" (bf16 only on CPUs with AVX512-BF16/AMX; elsewhere an error).
+    Default: the build's (`build.json` "openvino.inference_precision"), else "f32" - always set
+    explicitly, since OpenVINO would pick bf16 by itself on such CPUs. `self.inference_precision`
+    says what runs; an FP32/FP16 graph at bf16 is judged by the bf16 bars in `verify()`.
+    threads / performance_hint ("latency", "throughput") / num_streams: OpenVINO CPU settings.
+    cache_dir: compiled blobs (default `openvino-cache/` beside the graph, keyed on the OpenVINO
+    version and the graph's sha256; False: no cache). `self.cache` says whether it was used.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, inference_precision: str | None = None,
+                 threads: int | None = None, performance_hint: str = "latency", num_streams: int | None = None,
+                 cache_dir: str | os.PathLike | bool | None = None, tokenizer: Any = None,
+                 max_batch: int | None = None, config: dict | None = None):
+        artifact = open_artifact(path, "onnx")
+        if inference_precision is None:
+            inference_precision = (artifact.sidecar.get("openvino") or {}).get("inference_precision")
+        backend = OpenVinoBackend(artifact.onnx_path, inference_precision=inference_precision, threads=threads,
+                                  performance_hint=performance_hint, num_streams=num_streams,
+                                  cache_dir=cache_dir, config=config)
+        _start(self, backend, artifact, tokenizer, max_batch)
+
+    @property
+    def inference_precision(self) -> str:
+        return self.backend.inference_precision
+
+    @property
+    def cache(self) -> str:
+        return self.backend.cache
+
+    @property
+    def precision(self) -> str:
+        """The artifact's precision, or "bf16" for a float graph that OpenVINO computes in bf16."""
+        if self.backend.inference_precision == "bf16" and self.artifact.precision in ("fp32", "fp16"):
+            return "bf16"
+        return self.artifact.precision
 
 
 class TRTMegatronBert(MegatronBertPipeline):
@@ -49,11 +95,7 @@ class TRTMegatronBert(MegatronBertPipeline):
         artifact = open_artifact(engine_or_folder, "engine")
         backend = TensorRTBackend(artifact.engine_path, artifact.sidecar, check_compatibility=check_compatibility,
                                   cuda_graph=cuda_graph, device=device)
-        try:
-            super().__init__(backend, artifact, tokenizer, max_batch)
-        except BaseException:
-            backend.close()
-            raise
+        _start(self, backend, artifact, tokenizer, max_batch)
 
 
 def compare(reference: MegatronBertPipeline, candidate: MegatronBertPipeline,

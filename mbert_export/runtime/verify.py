@@ -1,6 +1,6 @@
 """Self-check of a deployed artifact against reference vectors (torch-free).
 
-`reference.npz` (written at export/build time by `mbert_export.parity.write_reference_vectors`)
+`reference.npz` (written at export/build time by `mbert_export.reference.write_reference_vectors`)
 holds a few real model inputs and the PyTorch reference outputs for them. `compare_outputs` measures
 how far a runtime's outputs are from them (max / mean absolute error, NaN and inf counts, top-1
 agreement and cosine similarity) and judges them against per-precision thresholds. The same
@@ -43,6 +43,9 @@ THRESHOLDS: dict[str, Thresholds] = {
     "fp32": Thresholds(max_abs=1e-4),
     "fp16": Thresholds(max_abs=5e-2, min_top1=0.999, min_cosine=0.999),
     "int8": Thresholds(min_top1=0.99, min_cosine=0.99),
+    # A float graph computed in bf16 (OpenVINO on AVX512-BF16/AMX CPUs): 8 mantissa bits, so the
+    # int8 bars (demo model: 99.12% top-1 on masked held-out text, issue 13).
+    "bf16": Thresholds(min_top1=0.99, min_cosine=0.99),
 }
 
 
@@ -134,7 +137,7 @@ def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, n
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: this artifact has no reference vectors; they are "
-                                "written at export time (mbert_export.parity.write_reference_vectors)")
+                                "written at export time (mbert_export.reference.write_reference_vectors)")
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}

@@ -1,0 +1,197 @@
+"""`OvMegatronBert`: the OpenVINO CPU backend against ONNX Runtime on the same graph, its blob cache,
+inference precision, threads, bad input. Every task x precision against the PyTorch reference is in
+test_parity_suite.py; here the tiny masked-LM model of test_runtime.py (exported once).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+openvino = pytest.importorskip("openvino")
+
+from helpers import run_in_threads, run_without_modules  # noqa: E402
+from test_runtime import TEXTS, build, tokenizer  # noqa: E402,F401 (module-scoped fixtures)
+
+from mbert_export.runtime import OpenVinoCompileError, OrtMegatronBert, OvMegatronBert  # noqa: E402
+from mbert_export.runtime.openvino.loader import cpu_capabilities, openvino_version  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_BF16 = "BF16" in cpu_capabilities()
+
+
+@pytest.fixture(scope="module")
+def mlm(build, tmp_path_factory):
+    """A copy of the exported masked-LM folder (its blob cache must not leak into other tests)."""
+    folder = tmp_path_factory.mktemp("ov-mlm")
+    shutil.copytree(build("mlm").folder, folder, dirs_exist_ok=True)
+    return folder
+
+
+def _feeds(batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, 60, size=(batch, seq), dtype=np.int64)
+    mask = np.ones_like(ids)
+    mask[0, seq // 2:] = 0 if seq > 2 else 1
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+
+
+def test_openvino_matches_onnxruntime_at_every_shape_and_passes_verify(mlm):
+    with OvMegatronBert(mlm, cache_dir=False, threads=1) as ov, OrtMegatronBert(mlm) as ort:
+        assert ov.inference_precision == "f32" and "f32, 1 threads" in ov.backend.describe()
+        assert ov.precision == "fp32"
+        for batch, seq in [(1, 1), (3, 17), (2, 64), (5, 9)]:  # dynamic batch and sequence, one compile
+            feeds = _feeds(batch, seq, seed=seq)
+            np.testing.assert_allclose(ov.run(feeds)["logits"], ort.run(feeds)["logits"], atol=1e-4)
+        assert ov.verify().passed
+        text = TEXTS[0].replace("capital", "[MASK]")
+        assert [p["token"] for p in ov.fill_mask(text, top_k=3)] == [p["token"] for p in ort.fill_mask(text, top_k=3)]
+
+
+def test_blob_cache_is_keyed_on_version_and_graph_and_never_stale(mlm, tmp_path):
+    folder = tmp_path / "artifact"
+    shutil.copytree(mlm, folder)
+    first = OvMegatronBert(folder, threads=1)
+    assert first.cache.startswith("written to")
+    key = Path(first.cache.split("written to ")[1])
+    assert key.parent == folder / "openvino-cache" and key.name.startswith(openvino_version() + "-")
+    expected = first.run(_feeds(2, 11))["logits"]
+    first.close()
+    again = OvMegatronBert(folder, threads=1)
+    assert again.cache == f"loaded from {key}"
+    np.testing.assert_array_equal(again.run(_feeds(2, 11))["logits"], expected)
+    again.close()
+    # Other weights at the same path (what a re-export leaves): a new key, never the old blob.
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(folder / "model.onnx"))
+    weight = max(graph.graph.initializer, key=lambda t: len(t.raw_data))
+    values = onnx.numpy_helper.to_array(weight) * 1.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    onnx.save(graph, str(folder / "model.onnx"))
+    swapped = OvMegatronBert(folder, threads=1)
+    assert swapped.cache.startswith("written to") and key.name not in swapped.cache
+    got = swapped.run(_feeds(2, 11))["logits"]
+    assert np.abs(got - expected).max() > 1e-2
+    with OrtMegatronBert(folder) as ort:
+        np.testing.assert_allclose(got, ort.run(_feeds(2, 11))["logits"], atol=1e-4)
+    swapped.close()
+
+
+def test_unwritable_cache_folder_still_runs_and_says_so(mlm, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with OvMegatronBert(mlm, cache_dir=blocker / "cache", threads=1) as ov:
+        assert ov.cache.startswith("not used:") and "not writable" in ov.cache
+        assert ov.verify().passed
+
+
+def _without_root_file_access():
+    """preexec_fn: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, so that root obeys file modes."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # PR_CAPBSET_DROP = 24
+        if libc.prctl(24, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0,
+                    reason="as a normal user a read-only folder is simply chmod 555; this covers root too")
+def test_read_only_cache_folder(mlm, tmp_path):
+    """A cache folder the process may only read (mode 555, root without DAC override): it loads an
+    existing blob, and compiles without writing when there is none."""
+    folder = tmp_path / "ro"
+    shutil.copytree(mlm, folder)
+    with OvMegatronBert(folder, threads=1) as ov:  # fills the cache
+        assert ov.cache.startswith("written to")
+    cache = folder / "openvino-cache"
+    for path in [*cache.rglob("*"), cache, folder]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    code = f"""
+from mbert_export.runtime import OvMegatronBert
+with OvMegatronBert({str(folder)!r}, threads=1) as ov:
+    print(ov.cache.split(':')[0].split(' from')[0], ov.cache.endswith('(read-only)'), ov.verify().passed)
+"""
+
+    def run() -> str:
+        try:
+            proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                                  preexec_fn=_without_root_file_access,
+                                  env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+        finally:
+            for path in [folder, cache, *cache.rglob("*")]:
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    assert run() == "loaded True True"
+    for blob in cache.rglob("*.blob"):
+        blob.unlink()
+    for path in [*cache.rglob("*"), cache, folder]:
+        path.chmod(0o555)
+    assert run() == "not used False True"  # a miss: compiled, nothing written
+    assert not list(cache.rglob("*.blob"))
+
+
+def test_bf16_is_refused_on_cpus_without_it_and_runs_where_present(mlm):
+    if not HAS_BF16:
+        with pytest.raises(ValueError, match="bf16 needs a CPU with BF16 support"):
+            OvMegatronBert(mlm, inference_precision="bf16", cache_dir=False)
+        return
+    with OvMegatronBert(mlm, inference_precision="bf16", cache_dir=False) as ov:
+        assert ov.inference_precision == "bf16" and ov.precision == "bf16"
+        assert ov.verify().passed
+
+
+def test_bad_settings_are_clear_errors(mlm):
+    with pytest.raises(ValueError, match="unknown OpenVINO inference precision"):
+        OvMegatronBert(mlm, inference_precision="int4", cache_dir=False)
+    with pytest.raises(ValueError, match="unknown performance hint"):
+        OvMegatronBert(mlm, performance_hint="fastest", cache_dir=False)
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        OvMegatronBert(mlm, threads=0, cache_dir=False)
+
+
+def test_a_graph_openvino_cannot_compile_names_the_node(mlm, tmp_path):
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(mlm / "model.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "Erf")
+    node.op_type, node.domain = "FancyGelu", "com.example"
+    model.opset_import.append(onnx.helper.make_opsetid("com.example", 1))
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    with pytest.raises(OpenVinoCompileError) as error:
+        OvMegatronBert(tmp_path / "model.onnx", cache_dir=False)
+    message = str(error.value)
+    assert node.name in message and "com.example.FancyGelu" in message and "no conversion rule" in message
+
+
+def test_threads_give_the_serial_results_and_close_is_final(mlm):
+    ov = OvMegatronBert(mlm, cache_dir=False, threads=1)
+    work = [_feeds(1 + i % 3, 5 + 7 * i, seed=i) for i in range(6)]
+    serial = [ov.run(f)["logits"] for f in work]
+    for outputs in run_in_threads(lambda: [ov.run(f)["logits"] for f in work], threads=4, repeats=2):
+        for value, expected in zip(outputs, serial):
+            np.testing.assert_array_equal(value, expected)
+    ov.close()
+    ov.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ov.run(work[0])
+
+
+def test_openvino_runtime_needs_neither_torch_nor_onnxruntime(mlm):
+    proc = run_without_modules(f"""
+from mbert_export.runtime import OvMegatronBert
+rt = OvMegatronBert({str(mlm)!r}, cache_dir=False)
+print(rt.fill_mask('paris is the [MASK] of france.', top_k=2)[0]['token_str'])
+print(rt.verify().passed)
+""", blocked=("torch", "transformers", "tensorrt", "onnx", "onnxruntime"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "True"
