@@ -267,17 +267,16 @@ def openvino_status() -> tuple[bool, str]:
     return True, f"OpenVINO {openvino_version()} ({', '.join(capabilities)})"
 
 
-#: CPU flags of int8 dot-product instructions. OpenVINO's int8 kernels need them to beat ONNX Runtime:
-#: with AVX-512 VNNI its Q/DQ graph ran 1.16x the ONNX Runtime CPU recipe's speed (issue 13, 345M
-#: 1 x 128); on AVX2 alone it ran its int8 layers no faster than f32, at 0.4-0.5x of ONNX Runtime's
-#: dynamic INT8 (README "OpenVINO (CPU)").
-INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+#: OpenVINO's int8 kernels need int8 dot-product instructions (machine.INT8_DOT_PRODUCT_FLAGS) to beat
+#: ONNX Runtime: with AVX-512 VNNI its Q/DQ graph ran 1.16x the ONNX Runtime CPU recipe's speed
+#: (issue 13, 345M 1 x 128); on AVX2 alone it ran its int8 layers no faster than f32, at 0.4-0.5x of
+#: ONNX Runtime's dynamic INT8 (README "OpenVINO (CPU)").
 
 
 def choose_backend(requested: str, say: Progress) -> str:
     """'auto' -> TensorRT when it imports and sees a GPU; else OpenVINO when it is installed and the CPU
     has int8 dot-product instructions (where it measured faster); else ONNX Runtime. Says why."""
-    from .machine import cpu_flags
+    from .machine import INT8_DOT_PRODUCT_FLAGS, cpu_flags
 
     if requested not in BACKENDS:
         raise BuildError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
@@ -350,6 +349,8 @@ class BuildResult:
                                  f"(FP32 {e['reference_mlm_accuracy']:.2%})")
         if s.get("kept_float"):
             lines.append(f"  kept in float: {', '.join(s['kept_float'])}")
+        if s.get("int8_weights"):
+            lines.append(f"  dynamic INT8 weights: {s['int8_weights']} (chosen for this CPU; --int8-weights)")
         if s.get("int8_rescore"):
             from .precision import RESCORE_TOP
 
@@ -362,7 +363,8 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                    batch: Sequence[str] = (), seq: Sequence[str] = (), choices: str | None = None,
                    calibration: str | Path | None = None, calibration_method: str = DEFAULT_CALIBRATION_METHOD,
                    keep_float: Sequence[str] | None = None, int8_recipe: str = "auto",
-                   int8_rescore: Sequence[str] | None = None, inference_precision: str | None = None,
+                   int8_rescore: Sequence[str] | None = None, int8_weights: str | None = None,
+                   inference_precision: str | None = None,
                    force: bool = False,
                    optimization_level: int = 3, workspace_gb: float = 4.0,
                    progress: Progress | None = None) -> BuildResult:
@@ -399,6 +401,8 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
             raise BuildError(str(exc)) from None
     if int8_rescore is not None and (precision != "int8" or recipe != "dynamic"):
         raise BuildError("--int8-rescore applies to the dynamic INT8 recipe only (--int8 --int8-recipe dynamic)")
+    if int8_weights is not None and (precision != "int8" or recipe != "dynamic"):
+        raise BuildError("--int8-weights applies to the dynamic INT8 recipe only (--int8 --int8-recipe dynamic)")
     model = load_model_for_task(checkpoint, task, progress=say)
     config = model.config
     tokenizer = load_tokenizer_if_any(checkpoint) if checkpoint.is_dir() else None
@@ -412,6 +416,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
         graph = stage / GRAPH_NAME
         calibration_info: dict = {}
         rescored_modules: list[str] = []
+        dynamic_weights = None
         if precision == "fp32":
             shutil.move(str(fp32_path), graph)
             if fp32_path.with_name(GRAPH_NAME + ".data").exists():
@@ -427,8 +432,9 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                 rescore = (DEFAULT_INT8_RESCORE if int8_rescore is None
                             else [k for k in int8_rescore if k != "none"])
                 result = quantize_int8_dynamic(fp32_path, graph, keep_float=keep, strict=keep_float is not None,
-                                               rescore=rescore, progress=say)
+                                               rescore=rescore, weights=int8_weights or "auto", progress=say)
                 kept, rescored_modules = result.kept_float, result.details["rescore"]
+                dynamic_weights = result.details["int8_weights"]
             else:
                 batches, calibration_info = calibration_data(tokenizer, calibration, profiles, task, config, say)
                 kept = quantize_int8(fp32_path, graph, batches, method=calibration_method, keep_float=keep,
@@ -461,7 +467,8 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
             "export_max_abs_diff": max(exported.max_abs_diff.values()),
             "source_checkpoint": str(checkpoint), "kept_float": kept,
             **({"int8_recipe": recipe} if precision == "int8" else {}),
-            **({"int8_rescore": rescored_modules} if precision == "int8" and recipe == "dynamic" else {}),
+            **({"int8_rescore": rescored_modules, "int8_weights": dynamic_weights}
+               if precision == "int8" and recipe == "dynamic" else {}),
             "calibration": calibration_info, "accuracy": accuracy,
             "versions": library_versions(), "machine": machine_info(),
             "tokenizer_files": sorted(p.name for p in stage.iterdir()

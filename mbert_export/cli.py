@@ -158,6 +158,10 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="INT8 graph: qdq = explicit Q/DQ, calibrated (what TensorRT builds); dynamic = ONNX "
                         "Runtime CPU's integer kernels, no calibration (about 2x faster than FP32 on CPU, "
                         "TensorRT cannot build it). auto: qdq for TensorRT, dynamic for ONNX Runtime")
+    p.add_argument("--int8-weights", choices=("auto", "s8", "u8"), default=None,
+                   help="dynamic INT8 weight type: s8 runs ONNX Runtime's fastest kernels on CPUs with VNNI/AMX "
+                        "but saturates on AVX2-only CPUs; u8 is exact everywhere, ~20%% slower; auto (default) "
+                        "picks by the CPU of this build. Build on the kind of CPU you deploy on, or set it")
     p.add_argument("--int8-rescore", action="append", default=None, metavar="MODULE",
                    help="dynamic INT8: compute these float-kept Linears in int8, then recompute each token's "
                         "top 8 scores in FP32 (fnmatch pattern, repeatable). Default: cls.predictions.decoder, "
@@ -188,6 +192,7 @@ def run_build(args: argparse.Namespace) -> int:
         backend=args.backend, batch=args.batch, seq=args.seq, choices=args.choices,
         calibration=args.calibration, calibration_method=args.calibration_method,
         keep_float=args.keep_float, int8_recipe=args.int8_recipe, int8_rescore=args.int8_rescore,
+        int8_weights=args.int8_weights,
         inference_precision=args.inference_precision, force=args.force,
         optimization_level=args.opt_level, workspace_gb=args.workspace_gb, progress=progress)
     print(result.summary())

@@ -41,6 +41,14 @@ def cpu_flags() -> list[str]:
     return [f for f in ISA_FLAGS if f in flags]
 
 
+#: CPU flags of int8 dot-product instructions (VNNI, AMX): where int8 GEMMs run fast and exact.
+INT8_DOT_PRODUCT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def has_int8_dot_product() -> bool:
+    return any(f in INT8_DOT_PRODUCT_FLAGS for f in cpu_flags())
+
+
 def cpu_model() -> str:
     return _cpuinfo()[0] or platform.processor() or platform.machine()
 

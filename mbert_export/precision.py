@@ -295,18 +295,34 @@ def accuracy_problems(report: dict, precision: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- INT8 for ONNX Runtime CPU
-#: Weights of the dynamic recipe use 7 bits ([-63, 63], ONNX Runtime's `reduce_range`). On CPUs
-#: without VNNI (AVX2 only) ONNX Runtime's u8 x s8 kernels add pairs of products in int16
-#: (vpmaddubsw), which saturates with full 8-bit weights: measured on an AVX2-only EPYC, base hidden
-#: states fell to cosine 0.9896 and nsp/pretraining top-1 to 63/64 with 8 bits. The graph is built
-#: once and may run on either kind of CPU, so it is always made safe for both.
-DYNAMIC_WEIGHT_QMAX = 63
+#: Weight types of the dynamic recipe. ONNX Runtime's u8 x s8 kernels are its fast ones, but on
+#: CPUs without int8 dot-product instructions (AVX2 only) they add pairs of products in int16
+#: (vpmaddubsw), which saturates: measured on an AVX2-only EPYC, base hidden states fell to cosine
+#: 0.9896, nsp to 63/64 pooled top-1. u8 x u8 kernels do not saturate (nsp 128/128 there) and ran
+#: ~20% slower on AVX2 GEMMs; 7-bit s8 weights (`reduce_range`) did not saturate either but lost
+#: more (nsp 125/128). "auto" picks s8 on CPUs with VNNI/AMX int8 and u8 elsewhere; the graph
+#: records its choice, and `verify()` on the deployment machine shows a mismatch.
+DYNAMIC_WEIGHT_TYPES = ("auto", "s8", "u8")
+#: The rescored decoder's int8 scores only pick each token's candidates, so its weights use 7 bits,
+#: which cannot saturate the int16 sums on any CPU.
+RESCORE_WEIGHT_QMAX = 63
+
+
+def dynamic_weight_type(requested: str = "auto") -> str:
+    """'auto' -> 's8' on CPUs with int8 dot-product instructions, 'u8' elsewhere (see above)."""
+    from .machine import has_int8_dot_product
+
+    if requested not in DYNAMIC_WEIGHT_TYPES:
+        raise PrecisionError(f"--int8-weights must be one of {', '.join(DYNAMIC_WEIGHT_TYPES)}, got {requested!r}")
+    if requested != "auto":
+        return requested
+    return "s8" if has_int8_dot_product() else "u8"
 def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: Iterable[str] = (),
-                          rescore: Iterable[str] = (), strict: bool = True,
+                          rescore: Iterable[str] = (), strict: bool = True, weights: str = "auto",
                           progress: Progress | None = None) -> PrecisionResult:
     """FP32 graph -> CPU INT8 graph: ONNX Runtime dynamic quantization of the Linear layers.
 
-    Weights int8 symmetric per channel, activations quantized per call (DynamicQuantizeLinear +
+    Weights int8 per channel (`weights`: s8 symmetric or u8, see DYNAMIC_WEIGHT_TYPES), activations quantized per call (DynamicQuantizeLinear +
     MatMulInteger, which ONNX Runtime CPU fuses into its VNNI kernels). TensorRT cannot build it;
     static Q/DQ graphs run no faster than FP32 on ONNX Runtime CPU (benchmarks/results), hence a
     recipe of its own. Needs no calibration. Only MatMuls with a constant weight are quantized, so
@@ -327,12 +343,13 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: It
     excluded = resolve_keep_float(graph, keep_float, strict)
     resolve_keep_float(graph, rescore, strict, option="--int8-rescore")  # typos fail before the slow part
     del graph
-    say(f"int8 (dynamic, ONNX Runtime CPU): quantizing {src}")
+    weight_type = dynamic_weight_type(weights)
+    say(f"int8 (dynamic, ONNX Runtime CPU, {weight_type} weights): quantizing {src}")
     stage = staging_dir(output.parent)
     try:
         staged = stage / "quantized.onnx"
-        quantize_dynamic(str(src), str(staged), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, op_types_to_quantize=["MatMul"], nodes_to_exclude=sorted(excluded),
+        quantize_dynamic(str(src), str(staged), per_channel=True, op_types_to_quantize=["MatMul"],
+                         weight_type=QuantType.QInt8 if weight_type == "s8" else QuantType.QUInt8, nodes_to_exclude=sorted(excluded),
                          use_external_data_format=large)
         model = _fuse_gelu(onnx.load(str(staged)))
     finally:
@@ -340,11 +357,13 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: It
     rescored = _rescored_int8(model, rescore, strict, say)
     float_nodes = {n.name for n in model.graph.node if n.op_type == "MatMul"}
     kept = sorted({scope for name, scope in scopes.items() if name in float_nodes})
-    _set_metadata(model, metadata, precision="int8", int8_recipe="dynamic", int8_float_nodes=json.dumps(kept),
+    _set_metadata(model, metadata, precision="int8", int8_recipe="dynamic", int8_weights=weight_type,
+                  int8_float_nodes=json.dumps(kept),
                   int8_rescore=json.dumps(rescored))
     _save(model, output)
     return PrecisionResult(output, "int8", time.perf_counter() - start, kept_float=kept,
-                           details={"int8_recipe": "dynamic", "rescore": rescored})
+                           details={"int8_recipe": "dynamic", "rescore": rescored,
+                                                              "int8_weights": weight_type})
 
 
 def _fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -411,7 +430,7 @@ def _rescored_int8(model: onnx.ModelProto, patterns: Iterable[str], strict: bool
             continue
         name, transposed = source
         values = numpy_helper.to_array(initializers[name])
-        weight, scale = _quantize_weight(values, transposed, qmax=DYNAMIC_WEIGHT_QMAX)
+        weight, scale = _quantize_weight(values, transposed, qmax=RESCORE_WEIGHT_QMAX)
         p = f"{node.name}_rescored"
         model.graph.initializer.extend([
             numpy_helper.from_array(weight, p + "_weight"),

@@ -348,8 +348,8 @@ def test_openvino_choices_follow_the_cpu(checkpoint, tmp_path):
     """auto picks OpenVINO only where its int8 kernels measured faster (int8 dot-product CPUs); bf16 is
     refused before any work on CPUs without it."""
     pytest.importorskip("openvino")
-    from mbert_export.build import INT8_DOT_PRODUCT_FLAGS, choose_backend, tensorrt_status
-    from mbert_export.machine import cpu_flags
+    from mbert_export.build import choose_backend, tensorrt_status
+    from mbert_export.machine import INT8_DOT_PRODUCT_FLAGS, cpu_flags
     from mbert_export.runtime.openvino import cpu_capabilities
 
     said: list[str] = []
@@ -414,3 +414,43 @@ def test_benchmark_writes_tables_with_speedups_and_held_out_agreement(tmp_path, 
     assert machine["cpu"] and machine["cores"] >= 1 and machine["threads"] == 2 and "openvino" in machine["versions"]
     assert machine["cpu"] in table.splitlines()[0] and "ISA:" in table.splitlines()[0]
     assert any("interleaved" in m for m in messages)
+
+
+def test_cpu_int8_weight_type_follows_the_cpu_and_u8_never_saturates(tmp_path):
+    """s8 weights saturate ONNX Runtime's int16 pair sums on CPUs without VNNI/AMX; u8 weights do not.
+
+    One MatMul whose inputs and weights are all large and positive: every pair of products exceeds
+    int16 in the u8 x s8 kernel of an AVX2-only CPU. 'auto' must pick the weight type that is exact
+    on this CPU."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mbert_export.machine import has_int8_dot_product
+    from mbert_export.precision import dynamic_weight_type
+
+    rng = np.random.default_rng(0)
+    weight = rng.uniform(0.9, 1.0, (64, 16)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/bert/encoder/layer.1/output/dense/MatMul")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [numpy_helper.from_array(weight, "w")])
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+    x = rng.uniform(0.9, 1.0, (4, 64)).astype(np.float32)
+    x[:, 0] = 0.0  # the activation range starts at 0: large values quantize near 255
+    reference = x @ weight
+    errors = {}
+    for kind, dtype in (("s8", np.int8), ("u8", np.uint8)):
+        result = quantize_int8_dynamic(fp32, tmp_path / f"{kind}.onnx", weights=kind, strict=False)
+        model = onnx.load(result.path)
+        assert {p.key: p.value for p in model.metadata_props}["mbert_export.int8_weights"] == kind
+        assert any(numpy_helper.to_array(t).dtype == dtype and t.dims == [64, 16] for t in model.graph.initializer)
+        got = ort.InferenceSession(str(result.path)).run(None, {"x": x})[0]
+        errors[kind] = float(np.abs(got - reference).max() / np.abs(reference).max())
+    assert errors["u8"] < 0.02
+    chosen = dynamic_weight_type("auto")
+    assert chosen == ("s8" if has_int8_dot_product() else "u8")
+    assert errors[chosen] < 0.02  # what auto picks is exact on this CPU
+    if not has_int8_dot_product():
+        assert errors["s8"] > 0.1  # the saturation this choice avoids
+    with pytest.raises(PrecisionError, match="--int8-weights must be one of"):
+        dynamic_weight_type("int4")

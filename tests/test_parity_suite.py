@@ -29,7 +29,9 @@ from mbert_export.tasks import TASKS  # noqa: E402
 
 GRAPHS = ("fp32", "fp16", "int8-qdq", "int8-dynamic")
 MAX_SEQ = 128
-SAMPLES = 64
+#: 128 held-out rows: the 99% pooled top-1 bar then allows one flip of a sequence-level decision
+#: (nsp, classification); at 64 it was a 100% bar.
+SAMPLES = 128
 
 
 @pytest.fixture(scope="module")
