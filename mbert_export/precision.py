@@ -303,9 +303,6 @@ def accuracy_problems(report: dict, precision: str) -> list[str]:
 #: more (nsp 125/128). "auto" picks s8 on CPUs with VNNI/AMX int8 and u8 elsewhere; the graph
 #: records its choice, and `verify()` on the deployment machine shows a mismatch.
 DYNAMIC_WEIGHT_TYPES = ("auto", "s8", "u8")
-#: The rescored decoder's int8 scores only pick each token's candidates, so its weights use 7 bits,
-#: which cannot saturate the int16 sums on any CPU.
-RESCORE_WEIGHT_QMAX = 63
 
 
 def dynamic_weight_type(requested: str = "auto") -> str:
@@ -354,7 +351,7 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: It
         model = _fuse_gelu(onnx.load(str(staged)))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    rescored = _rescored_int8(model, rescore, strict, say)
+    rescored = _rescored_int8(model, rescore, strict, say, weight_type)
     float_nodes = {n.name for n in model.graph.node if n.op_type == "MatMul"}
     kept = sorted({scope for name, scope in scopes.items() if name in float_nodes})
     _set_metadata(model, metadata, precision="int8", int8_recipe="dynamic", int8_weights=weight_type,
@@ -395,7 +392,7 @@ def _fuse_gelu(model: onnx.ModelProto) -> onnx.ModelProto:
     return fused
 
 
-def _rescored_int8(model: onnx.ModelProto, patterns: Iterable[str], strict: bool, say: Progress,
+def _rescored_int8(model: onnx.ModelProto, patterns: Iterable[str], strict: bool, say: Progress, weight_type: str,
                    top: int = RESCORE_TOP) -> list[str]:
     """Rewrite the float MatMuls matching `patterns` as int8 scores with an exact top; returns their modules.
 
@@ -430,10 +427,15 @@ def _rescored_int8(model: onnx.ModelProto, patterns: Iterable[str], strict: bool
             continue
         name, transposed = source
         values = numpy_helper.to_array(initializers[name])
-        weight, scale = _quantize_weight(values, transposed, qmax=RESCORE_WEIGHT_QMAX)
+        weight, scale = _quantize_weight(values, transposed)
+        zero = np.zeros(weight.shape[1], np.int8)
+        if weight_type == "u8":  # the same values, offset by 128 (see DYNAMIC_WEIGHT_TYPES)
+            weight = (weight.astype(np.int16) + 128).astype(np.uint8)
+            zero = np.full(weight.shape[1], 128, np.uint8)
         p = f"{node.name}_rescored"
         model.graph.initializer.extend([
             numpy_helper.from_array(weight, p + "_weight"),
+            numpy_helper.from_array(zero, p + "_weight_zero"),
             numpy_helper.from_array(scale, p + "_weight_scale"),
             numpy_helper.from_array(np.array([min(top, weight.shape[1])], np.int64), p + "_top"),
             numpy_helper.from_array(np.array([-1], np.int64), p + "_last_axis")])
@@ -444,7 +446,8 @@ def _rescored_int8(model: onnx.ModelProto, patterns: Iterable[str], strict: bool
         a, (y,) = node.input[0], node.output
         nodes = [
             helper.make_node("DynamicQuantizeLinear", [a], [p + "_a_q", p + "_a_scale", p + "_a_zero"]),
-            helper.make_node("MatMulInteger", [p + "_a_q", p + "_weight", p + "_a_zero"], [p + "_int"]),
+            helper.make_node("MatMulInteger", [p + "_a_q", p + "_weight", p + "_a_zero", p + "_weight_zero"],
+                             [p + "_int"]),
             helper.make_node("Cast", [p + "_int"], [p + "_float"], to=TensorProto.FLOAT),
             helper.make_node("Mul", [p + "_a_scale", p + "_weight_scale"], [p + "_step"]),
             helper.make_node("Mul", [p + "_float", p + "_step"], [p + "_int8_scores"]),

@@ -360,16 +360,16 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def _quantize_weight(values: np.ndarray, transposed: bool, qmax: int = QMAX) -> tuple[np.ndarray, np.ndarray]:
-    """float [K, N] (or [N, K] when `transposed`) -> int8 [K, N] in [-qmax, qmax] and per-column scales [N]."""
+def _quantize_weight(values: np.ndarray, transposed: bool) -> tuple[np.ndarray, np.ndarray]:
+    """float [K, N] (or [N, K] when `transposed`) -> int8 [K, N] and per-column scales [N]."""
     w = np.asarray(values, dtype=np.float32)
     w = w.T if transposed else w
     amax = np.maximum(w.max(axis=0), -w.min(axis=0)).astype(np.float64)
-    scale = (amax / qmax).astype(np.float32)
+    scale = (amax / QMAX).astype(np.float32)
     scale[scale < np.finfo(np.float32).tiny] = 1.0  # an all-zero column (as ONNX Runtime does)
     q = w / scale
     np.rint(q, out=q)
-    np.clip(q, -qmax, qmax, out=q)
+    np.clip(q, -QMAX, QMAX, out=q)
     return np.ascontiguousarray(q.astype(np.int8)), scale
 
 
