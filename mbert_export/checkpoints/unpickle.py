@@ -177,7 +177,7 @@ def _unsafe_load(source: Path | BinaryIO, label: str, mmap: bool) -> Any:
     if not isinstance(source, Path):
         source.seek(0)
     try:
-        return torch.load(source, map_location="cpu", weights_only=False, mmap=mmap)
+        return torch.load(source, map_location="cpu", weights_only=False, mmap=mmap)  # noqa: unsafe-load
     except ModuleNotFoundError as exc:
         raise CheckpointError(f"{label}: the pickle imports module {exc.name!r}, which is not installed; install "
                               "it (e.g. put Megatron-LM on PYTHONPATH) to load this file") from None
