@@ -2,15 +2,22 @@
 
     MBERT_TRITON_ENV=/path/to/server-venv python benchmarks/serve_bench.py [--artifact engines/mlm-int8]
 
-For 1, 8 and 32 concurrent clients (one masked sentence per request):
-requests/s and p50/p99 latency of
-- in-process, threads: the clients call one shared OrtMegatronBert (ONNX Runtime is thread-safe);
-- in-process, batched: the same sentences in batches of the client count, one thread (the batched
-  work a dynamic batcher forms, without any serving cost: the throughput bar);
-- Triton python layout with dynamic batching, and without it: N threads, each with its own
-  TritonMegatronBert over HTTP on 127.0.0.1, in the same process as the other modes.
-ONNX Runtime gets the same intra-op thread count in and out of the server. Without --artifact the
-demo MLM is exported (needs torch). Writes benchmarks/results/serve-NAME.{json,md} and prints them.
+For 1, 8 and 32 concurrent clients (one masked sentence per request): requests/s and p50/p99
+latency of
+- in-process, threads: N client threads over the runtimes, configured as the server's instances
+  (`--instances` OrtMegatronBert, each with the cores divided among them; ONNX Runtime is thread-safe);
+- in-process, batched: the N sentences in flight split into one batch per runtime, each runtime in
+  its own thread (the batched work a dynamic batcher over the instances forms, without any serving
+  cost: the throughput bar);
+- Triton python layout with dynamic batching, and without it, loaded by N Python threads in this
+  process (each with its own TritonMegatronBert over HTTP on 127.0.0.1) and, where it runs, by
+  perf_analyzer (Triton's C++ load generator: far less client CPU on the same cores).
+Server and in-process runtimes get the same instances and threads. Without --artifact the demo MLM is
+exported (needs torch). Writes benchmarks/results/serve-NAME.{json,md} and prints them.
+
+perf_analyzer: `pip install --no-deps tritonclient==2.51.0` (in any venv) carries `bin/perf_analyzer`;
+pass it with --perf-analyzer. It needs libb64.so.0d and libcudart.so.12, which nvidia-pytriton
+bundles under versioned names: this script links them into a temp folder for it.
 """
 
 from __future__ import annotations
@@ -18,7 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +38,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mbert_export.machine import machine_info, machine_line  # noqa: E402
 from mbert_export.runtime import OrtMegatronBert  # noqa: E402
 
 SENTENCES = ["The [MASK] statement is used to import a module.", "A [MASK] returns a new list of items.",
@@ -37,18 +46,6 @@ SENTENCES = ["The [MASK] statement is used to import a module.", "A [MASK] retur
              "An [MASK] is raised when the key is missing from the dictionary.",
              "The for loop iterates over the [MASK] of a sequence.", "Strings are [MASK] in Python.",
              "A class can inherit [MASK] from another class."]
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "python": platform.python_version()}
 
 
 def _stats(latencies: list[float], wall: float) -> dict:
@@ -96,16 +93,68 @@ def run_clients(clients: int, make_call, seconds: float, max_requests: int) -> d
     return {**_stats(flat, wall), "failed": 0, "latencies": flat, "cpu_s": cpu}
 
 
-def run_batched(runtime, clients: int, seconds: float, max_requests: int) -> dict:
-    """One thread, `clients` sentences per call: the throughput of the batched work itself."""
-    batch = [SENTENCES[i % len(SENTENCES)] for i in range(clients)]
-    runtime.fill_mask(batch)
-    latencies, start = [], time.perf_counter()
-    while time.perf_counter() - start < seconds and len(latencies) * clients < max_requests:
-        t0 = time.perf_counter()
+def run_batched(runtimes: list, clients: int, seconds: float, max_requests: int) -> dict:
+    """The `clients` sentences in flight split into one batch per runtime, each runtime in its own
+    thread: the throughput of the batched work a dynamic batcher over these instances forms."""
+    runtimes = runtimes[:clients]
+    size = -(-clients // len(runtimes))
+    batch = [SENTENCES[i % len(SENTENCES)] for i in range(size)]
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def worker(runtime) -> None:
         runtime.fill_mask(batch)
-        latencies += [time.perf_counter() - t0] * clients
+        stop = time.perf_counter() + seconds
+        while time.perf_counter() < stop and len(latencies) < max_requests:
+            t0 = time.perf_counter()
+            runtime.fill_mask(batch)
+            with lock:
+                latencies.extend([time.perf_counter() - t0] * size)
+
+    threads = [threading.Thread(target=worker, args=(r,), daemon=True) for r in runtimes]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(seconds + 120)
     return {**_stats(latencies, time.perf_counter() - start), "failed": 0, "latencies": latencies, "cpu_s": 0.0}
+
+
+def perf_analyzer_env(binary: Path, server_env: Path, scratch: Path) -> dict:
+    """Environment for tritonclient 2.51's perf_analyzer: its two missing libraries linked from nvidia-pytriton."""
+    libs = next(iter(server_env.glob("lib/python3*/site-packages/nvidia_pytriton.libs")), None)
+    folder = scratch / "perf-analyzer-libs"
+    folder.mkdir(exist_ok=True)
+    for wanted, pattern in (("libb64.so.0d", "libb64-*.so.0d"), ("libcudart.so.12", "libcudart-*.so.12*")):
+        found = sorted(libs.glob(pattern)) if libs else []
+        if found and not (folder / wanted).exists():
+            (folder / wanted).symlink_to(found[0])
+    paths = [str(folder)] + ([str(libs)] if libs else []) + [os.environ.get("LD_LIBRARY_PATH", "")]
+    env = {**os.environ, "LD_LIBRARY_PATH": ":".join(p for p in paths if p)}
+    check = subprocess.run([str(binary), "--version"], env=env, capture_output=True, text=True, timeout=60)
+    if check.returncode != 0:
+        raise SystemExit(f"perf_analyzer at {binary} does not start: {(check.stderr or check.stdout).strip()[:300]}")
+    return env
+
+
+def run_perf_analyzer(binary: Path, env: dict, url: str, model: str, clients: int, seconds: float,
+                      scratch: Path) -> dict:
+    """perf_analyzer at concurrency `clients` over HTTP, the benchmark's sentences as input data."""
+    data, csv = scratch / "input.json", scratch / f"pa-{model}-{clients}.csv"
+    data.write_text(json.dumps({"data": [{"TEXT": {"content": [s], "shape": [1]}} for s in SENTENCES]}))
+    command = [str(binary), "-m", model, "-u", url.removeprefix("http://"), "-i", "http", "--input-data", str(data),
+               "--concurrency-range", str(clients), "--measurement-interval", str(int(seconds * 1000)),
+               "--stability-percentage", "50", "--max-trials", "6", "--percentile", "50", "-f", str(csv)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30 * seconds + 120)
+    if result.returncode != 0 or not csv.exists():
+        raise RuntimeError(f"perf_analyzer failed ({result.returncode}): {(result.stdout + result.stderr)[-800:]}")
+    header, row = csv.read_text().splitlines()[:2]
+    values = dict(zip(header.split(","), row.split(",")))
+    counts = [int(line.split(":")[1]) for line in result.stdout.splitlines() if "Request count:" in line]
+    rate = float(values["Inferences/Second"])
+    return {"requests": counts[-1] if counts else 0, "seconds": round(counts[-1] / rate, 3) if counts else seconds,
+            "requests_per_s": round(rate, 1), "p50_ms": round(int(values["p50 latency"]) / 1e3, 3),
+            "p99_ms": round(int(values["p99 latency"]) / 1e3, 3), "failed": 0}
 
 
 def export_demo(folder: Path) -> Path:
@@ -119,13 +168,14 @@ def export_demo(folder: Path) -> Path:
 
 
 def markdown(report: dict) -> str:
-    m = report["machine"]
     lines = [f"Serving benchmark `{report['name']}`: artifact {report['artifact']} ({report['precision']}), "
-             f"{m['cpu']}, {m['cores']} cores, ONNX Runtime {report['threads']} intra-op threads everywhere, "
-             f"tritonserver {report['server']}, N client threads (TritonMegatronBert over HTTP on 127.0.0.1; in-process: N threads on one runtime), one sentence per request, "
-             f"{report['rounds']} interleaved rounds of {report['seconds']} s per cell; dynamic batching with "
-             f"max_queue_delay {report['max_queue_delay_us']} us, {report.get('instances', 1)} model instance(s). Clients and server share the machine; "
-             "in-process batched latency is the whole batch's.", "",
+             f"{machine_line(report['machine'])}; tritonserver {report['server']}; {report['instances']} model "
+             f"instance(s) x {report['threads']} ONNX Runtime thread(s), in the server and in process alike; one "
+             f"sentence per request; {report['rounds']} interleaved rounds of {report['seconds']} s per cell; "
+             f"dynamic batching with max_queue_delay {report['max_queue_delay_us']} us. Clients: N Python threads "
+             "(TritonMegatronBert over HTTP on 127.0.0.1, in-process: N threads over the runtimes) or perf_analyzer "
+             "at concurrency N; clients and server share the machine. In-process batched latency is the whole "
+             "batch's.", "",
              "| clients | mode | requests/s | p50 ms | p99 ms | requests | vs in-process batched | client CPU ms/request |",
              "|---|---|---|---|---|---|---|---|"]
     for row in report["results"]:
@@ -134,9 +184,11 @@ def markdown(report: dict) -> str:
                      f"{row['p99_ms']} | {row['requests']} | {'' if ratio is None else f'{ratio:.0%}'} | "
                      f"{row.get('client_cpu_ms', '')} |")
     s = report["summary"]
-    lines += ["", f"Added latency per request (1 client, p50, Triton without batching - in-process): "
-                  f"{s['added_latency_ms']} ms (goal <= 1 ms). At 8 clients, Triton with dynamic batching "
-                  f"reaches {s['throughput_ratio_8']} of the in-process batched throughput (goal >= 0.9). "
+    lines += ["", f"Added latency per request (1 client, p50, Triton without batching - in-process threads): "
+                  f"{s['added_latency_ms']} ms with Python clients, {s.get('added_latency_ms_perf_analyzer')} ms "
+                  f"with perf_analyzer (goal <= 1 ms). At 8 clients Triton with dynamic batching reaches "
+                  f"{s['throughput_ratio_8']} of the in-process batched throughput with Python clients, "
+                  f"{s.get('throughput_ratio_8_perf_analyzer')} with perf_analyzer (goal >= 0.9). "
                   f"Executed batch sizes (dynamic batching): {report.get('executed_batch_sizes')}. "
                   f"Requests sent to Triton: {s['triton_requests']}, failed: {s['triton_failed']}."]
     return "\n".join(lines) + "\n"
@@ -145,7 +197,7 @@ def markdown(report: dict) -> str:
 def main() -> int:
     from mbert_export.serving import TritonMegatronBert
     from mbert_export.serving.repository import write_repository
-    from mbert_export.serving.server import start_server
+    from mbert_export.serving.server import ENV_VARIABLE, start_server
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", help="MLM artifact folder (default: export the demo MLM)")
@@ -154,67 +206,85 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cells")
     parser.add_argument("--max-requests", type=int, default=5000, help="request bound per cell")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--max-queue-delay-us", type=int, default=500)
-    parser.add_argument("--instances", type=int, default=1, help="model instances in the server")
-    parser.add_argument("--python-env", help="server venv (default $MBERT_TRITON_ENV)")
+    parser.add_argument("--instances", type=int, default=2, help="model instances, in the server and in process")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads per instance (default: cores / instances)")
+    parser.add_argument("--max-queue-delay-us", type=int, default=0)
+    parser.add_argument("--python-env", help=f"server venv (default ${ENV_VARIABLE})")
+    parser.add_argument("--perf-analyzer", default=shutil.which("perf_analyzer"),
+                        help="perf_analyzer binary (default: on PATH; without it, Python clients only)")
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
+    threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.instances)
+    server_env = Path(args.python_env or os.environ.get(ENV_VARIABLE, sys.prefix))
 
     import onnxruntime
 
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as work:
         work = Path(work)
         artifact = Path(args.artifact) if args.artifact else export_demo(work / "artifact")
+        pa_binary = Path(args.perf_analyzer) if args.perf_analyzer else None
+        pa_env = perf_analyzer_env(pa_binary, server_env, work) if pa_binary else None
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = args.threads
-        runtime = OrtMegatronBert(artifact, session_options=options)
+        options.intra_op_num_threads = threads
+        runtimes = [OrtMegatronBert(artifact, session_options=options) for _ in range(args.instances)]
         report = {"name": args.name, "artifact": str(args.artifact or "demo MLM (exported, max 128 tokens)"),
-                  "precision": runtime.precision, "machine": machine(), "threads": args.threads,
-                  "seconds": args.seconds, "rounds": args.rounds, "server": "2.51.0 (nvidia-pytriton 0.7.0)",
-                  "max_queue_delay_us": args.max_queue_delay_us, "instances": args.instances, "results": []}
+                  "precision": runtimes[0].precision, "machine": machine_info(threads), "threads": threads,
+                  "instances": args.instances, "seconds": args.seconds, "rounds": args.rounds,
+                  "server": "2.51.0 (nvidia-pytriton 0.7.0)", "max_queue_delay_us": args.max_queue_delay_us,
+                  "perf_analyzer": str(pa_binary) if pa_binary else None, "results": []}
         rows = report["results"]
         # Both Triton variants in one server (the idle model costs nothing), so that every cell of every
         # round runs interleaved with the others: the machine's load drifts, ratios within a round hold.
         repository = work / "repository"
-        write_repository([artifact], repository, names=["mlm"], max_queue_delay_us=args.max_queue_delay_us,
-                         threads=args.threads, instances=args.instances)
-        write_repository([artifact], work / "plain", names=["mlm_plain"], dynamic_batching=False,
-                         threads=args.threads, instances=args.instances)
+        common = dict(threads=threads, instances=args.instances)
+        write_repository([artifact], repository, names=["mlm"], max_queue_delay_us=args.max_queue_delay_us, **common)
+        write_repository([artifact], work / "plain", names=["mlm_plain"], dynamic_batching=False, **common)
         (work / "plain" / "mlm_plain").rename(repository / "mlm_plain")
         modes = {"in-process, threads": None, "in-process, batched": None,
                  "triton python, dynamic batching": "mlm", "triton python, no batching": "mlm_plain"}
-        model_of = modes
+        if pa_binary:
+            modes.update({"triton python, dynamic batching, perf_analyzer": "mlm",
+                          "triton python, no batching, perf_analyzer": "mlm_plain"})
         cells: dict[tuple[int, str], list[dict]] = {}
-        with start_server(repository, python_env=args.python_env) as server:
+        with start_server(repository, python_env=server_env) as server:
             before = TritonMegatronBert(server.http_url, "mlm").batch_sizes()
             for round_index in range(args.rounds):
                 for n in clients:
                     for mode, model in modes.items():
                         time.sleep(0.05)  # the previous mode's spinning threads settle
                         if mode == "in-process, threads":
-                            result = run_clients(n, lambda: runtime.fill_mask, args.seconds, args.max_requests)
+                            calls = iter(range(n))
+                            result = run_clients(n, lambda: runtimes[next(calls) % len(runtimes)].fill_mask,
+                                                 args.seconds, args.max_requests)
                         elif mode == "in-process, batched":
-                            result = run_batched(runtime, n, args.seconds, args.max_requests)
+                            result = run_batched(runtimes, n, args.seconds, args.max_requests)
+                        elif mode.endswith("perf_analyzer"):
+                            result = run_perf_analyzer(pa_binary, pa_env, server.http_url, model, n, args.seconds, work)
                         else:
                             def make_call(url=server.http_url, model=model):
                                 return TritonMegatronBert(url, model, timeout=120).fill_mask
 
                             result = run_clients(n, make_call, args.seconds, args.max_requests)
                         cells.setdefault((n, mode), []).append(result)
-                        print(f"round {round_index + 1}: {n:>3} clients  {mode:<32} {result['requests_per_s']:>8} "
+                        print(f"round {round_index + 1}: {n:>3} clients  {mode:<48} {result['requests_per_s']:>8} "
                               f"req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms", flush=True)
             after = TritonMegatronBert(server.http_url, "mlm").batch_sizes()
             report["executed_batch_sizes"] = {str(k): v - before.get(k, 0) for k, v in sorted(after.items())}
-        runtime.close()
+        for runtime in runtimes:
+            runtime.close()
         for n in clients:
-            for mode in modes:
+            for mode, model in modes.items():
                 parts = cells[n, mode]
-                latencies = [x for p in parts for x in p.pop("latencies")]
-                row = {"clients": n, "mode": mode, **_stats(latencies, sum(p["seconds"] for p in parts)),
-                       "failed": sum(p["failed"] for p in parts)}
-                if model_of[mode]:  # this process ran only the clients: their CPU time per request
-                    row["client_cpu_ms"] = round(1e3 * sum(p["cpu_s"] for p in parts) / max(1, row["requests"]), 3)
+                if mode.endswith("perf_analyzer"):  # its own percentiles: the median round's
+                    middle = sorted(parts, key=lambda p: p["requests_per_s"])[len(parts) // 2]
+                    row = {"clients": n, "mode": mode, **middle, "requests": sum(p["requests"] for p in parts)}
+                else:
+                    latencies = [x for p in parts for x in p.pop("latencies")]
+                    row = {"clients": n, "mode": mode, **_stats(latencies, sum(p["seconds"] for p in parts)),
+                           "failed": sum(p["failed"] for p in parts)}
+                    if model:  # this process ran only the clients: their CPU time per request
+                        row["client_cpu_ms"] = round(1e3 * sum(p["cpu_s"] for p in parts) / max(1, row["requests"]), 3)
                 rows.append(row)
 
     batched = {r["clients"]: r["requests_per_s"] for r in rows if r["mode"] == "in-process, batched"}
@@ -222,13 +292,22 @@ def main() -> int:
         row["vs_batched"] = round(row["requests_per_s"] / batched[row["clients"]], 3)
 
     def cell(n, mode):
-        return next(r for r in rows if r["clients"] == n and r["mode"] == mode)
+        return next((r for r in rows if r["clients"] == n and r["mode"] == mode), None)
+
+    def added(mode):
+        plain, local = cell(1, mode), cell(1, "in-process, threads")
+        return round(plain["p50_ms"] - local["p50_ms"], 3) if plain and local else None
+
+    def ratio(mode):
+        found = cell(8, mode)
+        return found["vs_batched"] if found else None
 
     triton = [r for r in rows if r["mode"].startswith("triton")]
     report["summary"] = {
-        "added_latency_ms": (round(cell(1, "triton python, no batching")["p50_ms"] - cell(1, "in-process, threads")["p50_ms"], 3)
-                             if 1 in clients else None),
-        "throughput_ratio_8": (cell(8, "triton python, dynamic batching")["vs_batched"] if 8 in clients else None),
+        "added_latency_ms": added("triton python, no batching"),
+        "added_latency_ms_perf_analyzer": added("triton python, no batching, perf_analyzer"),
+        "throughput_ratio_8": ratio("triton python, dynamic batching"),
+        "throughput_ratio_8_perf_analyzer": ratio("triton python, dynamic batching, perf_analyzer"),
         "triton_requests": sum(r["requests"] for r in triton), "triton_failed": sum(r["failed"] for r in triton)}
     out = REPO / "benchmarks" / "results" / f"serve-{args.name}"
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")

@@ -345,14 +345,17 @@ def _add_repository_options(p: argparse.ArgumentParser) -> None:
                         "tritonserver container)")
     p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
                    help="auto: TensorRT for a folder with engine.plan, else ONNX Runtime")
-    p.add_argument("--max-queue-delay-us", type=int, default=100,
-                   help="dynamic batching: longest wait for more requests, in microseconds (default 100)")
+    p.add_argument("--max-queue-delay-us", type=int, default=0,
+                   help="dynamic batching: longest wait for more requests, in microseconds (default 0: batch "
+                        "what is queued when an instance is free, never delay a lone request)")
     p.add_argument("--no-dynamic-batching", action="store_true", help="leave dynamic batching off")
     p.add_argument("--preferred-batch", type=int, nargs="+", default=[], metavar="N",
                    help="dynamic batching: preferred batch sizes")
-    p.add_argument("--instances", type=int, default=1, help="model instances (instance_group count, default 1)")
+    p.add_argument("--instances", type=int, default=None,
+                   help="model instances (instance_group count; default 2 on CPU, 1 per GPU)")
     p.add_argument("--threads", type=int, default=0,
-                   help="python layout, ONNX Runtime: intra-op threads per instance (default: its own)")
+                   help="python layout, ONNX Runtime: intra-op threads per instance (default: the serving "
+                        "machine's cores divided by the instances)")
     p.add_argument("--sequence-bucket", type=int, default=16,
                    help="ensemble: pad token ids to a multiple of this, so requests of similar length batch")
 

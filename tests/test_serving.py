@@ -126,7 +126,7 @@ def python_server(server_env, artifacts, tmp_path_factory):
     env = server_env
     repository = tmp_path_factory.mktemp("python-layout") / "repository"
     write_repository([artifacts[t] for t in TASKS], repository, names=[_names(t) for t in TASKS], layout="python",
-                     max_queue_delay_us=QUEUE_DELAY_US, threads=1)
+                     max_queue_delay_us=QUEUE_DELAY_US, threads=1, instances=1)
     server = start_server(repository, python_env=env, timeout=180)
     yield server
     server.stop()
@@ -186,6 +186,10 @@ def test_every_config_parses_and_matches_the_graph(artifacts, tmp_path):
                 assert ios[value.name][:2] == (want, dims), value.name
             assert len(ios) == len(graph.input) + len(graph.output)
             assert config.instance_group[0].kind == config.instance_group[0].KIND_CPU
+        if entry not in python and config.instance_group:  # defaults: two CPU instances, no queue delay
+            assert config.instance_group[0].count == 2
+            if config.HasField("dynamic_batching"):
+                assert config.dynamic_batching.max_queue_delay_microseconds == 0
         if entry in python:
             assert config.dynamic_batching.preferred_batch_size == [4, 8] and config.instance_group[0].count == 2
             assert (root / entry.name / "1" / "mbert_export" / "runtime" / "pipeline.py").is_file()
@@ -213,7 +217,7 @@ def test_engine_folders_get_tensorrt_configs(artifacts, tmp_path):
     entries = {e.name: e for e in write_repository([folder], tmp_path / "repo", layout="ensemble")}
     model = parse_config(entries["engine_model"].config)
     assert model.platform == "tensorrt_plan" and model.max_batch_size == 16
-    assert model.instance_group[0].kind == model.instance_group[0].KIND_GPU
+    assert model.instance_group[0].kind == model.instance_group[0].KIND_GPU and model.instance_group[0].count == 1
     assert (tmp_path / "repo" / "engine_model" / "1" / "model.plan").read_bytes() == b"not a real engine"
     python = write_repository([folder], tmp_path / "py")[0]
     assert parse_config(python.config).parameters["backend"].string_value == "tensorrt"
@@ -409,8 +413,22 @@ def test_triton_command_writes_a_repository_and_reports_errors(artifacts, tmp_pa
     assert "use --layout python" in capsys.readouterr().err and not (tmp_path / "qa").exists()
 
 
-def test_serve_command_serves_until_sigterm(server_env, artifacts, runtimes):
-    """`mbert-export serve` in a subprocess: prints its URLs, answers, and stops with its models on SIGTERM."""
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(entry.name)
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+def test_serve_command_serves_until_stopped(server_env, artifacts, runtimes, stop):
+    """`mbert-export serve` in a subprocess: prints its URLs and answers. SIGTERM stops it with its
+    models; SIGKILL (no cleanup possible) still takes the server and its models down with it."""
     import signal
     import subprocess
     import sys
@@ -419,6 +437,7 @@ def test_serve_command_serves_until_sigterm(server_env, artifacts, runtimes):
     command = [sys.executable, "-m", "mbert_export", "serve", str(artifacts["mlm"]), "--name", "mlm",
                "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--python-env", env]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    repository = None
     try:
         lines = []
         deadline = time.monotonic() + 120
@@ -433,24 +452,24 @@ def test_serve_command_serves_until_sigterm(server_env, artifacts, runtimes):
 
         with TritonMegatronBert(url, "mlm") as client:
             assert_same(client.fill_mask(MLM_TEXTS[0]), runtimes["mlm"].fill_mask(MLM_TEXTS[0]))
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0
+        process.send_signal(getattr(signal, stop))
+        status = process.wait(60)
         stderr = process.stderr.read()
         repository = next(line.split(" on ", 1)[1].strip() for line in stderr.splitlines() if "starting tritonserver" in line)
-        assert "tritonserver stopped (status 0)" in stderr
-        leftovers = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    if repository in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                        leftovers.append(entry.name)
-                except OSError:
-                    pass
-        assert leftovers == [] and not Path(repository).exists()
+        deadline = time.monotonic() + 40
+        while _processes_mentioning(repository) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _processes_mentioning(repository) == []
+        if stop == "SIGTERM":
+            assert status == 0 and "tritonserver stopped (status 0)" in stderr and not Path(repository).exists()
+        else:
+            assert status == -signal.SIGKILL
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(30)
+        if repository and stop == "SIGKILL":  # nothing could remove it
+            shutil.rmtree(repository, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- the python model, in-process

@@ -36,6 +36,10 @@ LAYOUTS = ("python", "ensemble")
 #: Methods whose rows map one text to one graph row (an ensemble step cannot change the row count;
 #: question answering splits long contexts into several windows, multiple choice has a 3-D input).
 ENSEMBLE_METHODS = ("fill_mask", "next_token", "classify", "classify_tokens", "next_sentence", "embed")
+#: Model instances when not given: on CPU two instances that split the cores (each runs one batch while
+#: the other waits on I/O; demo MLM, 2 cores, 8 clients: 729 requests/s against 476 for one instance
+#: over both cores), one per GPU.
+DEFAULT_INSTANCES = {"KIND_CPU": 2, "KIND_GPU": 1}
 #: ONNX element types -> Triton data types.
 TRITON_TYPES = {"tensor(int64)": "TYPE_INT64", "tensor(int32)": "TYPE_INT32", "tensor(float)": "TYPE_FP32",
                 "tensor(float16)": "TYPE_FP16", "tensor(bfloat16)": "TYPE_BF16", "tensor(bool)": "TYPE_BOOL"}
@@ -105,9 +109,10 @@ def _parameters(params: dict[str, str]) -> str:
     return "".join(f"parameters {{ key: {_q(k)} value {{ string_value: {_q(v)} }} }}\n" for k, v in params.items())
 
 
-def _scheduling(max_batch: int, instances: int, kind: str, dynamic: bool, delay_us: int,
+def _scheduling(max_batch: int, instances: int | None, kind: str, dynamic: bool, delay_us: int,
                 preferred: Sequence[int]) -> str:
-    text = f"instance_group [ {{ count: {instances} kind: {kind} }} ]\n"
+    count = instances or DEFAULT_INSTANCES[kind]
+    text = f"instance_group [ {{ count: {count} kind: {kind} }} ]\n"
     if dynamic:
         sizes = [b for b in preferred if 1 <= b <= max_batch]
         listed = f" preferred_batch_size: [ {', '.join(map(str, sizes))} ]" if sizes else ""
@@ -320,14 +325,17 @@ def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: d
 
 def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | os.PathLike, *,
                      names: Sequence[str] | None = None, layout: str = "python", backend: str = "auto",
-                     dynamic_batching: bool = True, max_queue_delay_us: int = 100, instances: int = 1,
+                     dynamic_batching: bool = True, max_queue_delay_us: int = 0, instances: int | None = None,
                      preferred_batch: Sequence[int] = (), sequence_bucket: int = 16, threads: int = 0,
                      overwrite: bool = False) -> list[ModelEntry]:
     """Write a Triton model repository serving `artifacts` to `repository` (atomically).
 
     names: one model name per artifact (default: the artifact folder's name). backend: "auto"
-    (TensorRT for an engine folder, else ONNX Runtime), "onnxruntime" or "tensorrt". threads: ONNX
-    Runtime intra-op threads per instance in the python layout (0: its default).
+    (TensorRT for an engine folder, else ONNX Runtime), "onnxruntime" or "tensorrt". instances:
+    instance_group count (default: 2 on CPU, 1 per GPU). threads: ONNX Runtime intra-op threads per
+    instance in the python layout (0: the serving machine's cores divided by the instances).
+    max_queue_delay_us: how long the dynamic batcher waits for more requests; 0 (default) batches what
+    is queued when an instance is free and adds no wait to a lone request.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
@@ -335,7 +343,7 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
         raise ValueError(f"backend must be auto, onnxruntime or tensorrt, got {backend!r}")
     if not artifacts:
         raise ValueError("give at least one artifact")
-    for what, value, low in (("instances", instances, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
+    for what, value, low in (("instances", 1 if instances is None else instances, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
                              ("sequence_bucket", sequence_bucket, 1), ("threads", threads, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")

@@ -16,6 +16,7 @@ otherwise, runs in its own process group, and `stop()` ends it and its model pro
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import shutil
 import signal
@@ -216,13 +217,22 @@ class TritonServer:
         self.stop()
 
 
+def _end_with_parent() -> None:
+    """In the server's child process before exec: SIGTERM to it when its parent dies (Linux prctl
+    PR_SET_PDEATHSIG), so that a client killed without cleanup leaves no server behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
                  host: str = "127.0.0.1", python_env: str | os.PathLike | None = None, timeout: float = 120.0,
                  workdir: str | os.PathLike | None = None, extra_args: list[str] | None = None,
                  log_verbose: int = 0) -> TritonServer:
     """Start tritonserver on `repository` and wait until it and every model are ready.
 
-    Ports 0 pick free ones. Raises ServerError (with the server log's tail) when it fails.
+    Ports 0 pick free ones. Raises ServerError (with the server log's tail) when it fails. On Linux the
+    server ends when the thread that started it dies, even by SIGKILL: start it from one that outlives
+    it (the main thread).
     """
     repository = Path(repository).resolve()
     if not repository.is_dir():
@@ -249,7 +259,8 @@ def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port
     log_path = work / "tritonserver.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=environ, cwd=work, start_new_session=True)
+                                   env=environ, cwd=work, start_new_session=True,
+                                   preexec_fn=_end_with_parent if sys.platform == "linux" else None)
     server = TritonServer(process, *ports, host, work, log_path, owns)
     try:
         server.wait_ready(timeout)
