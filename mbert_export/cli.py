@@ -7,7 +7,9 @@ one `error: ...` line and exit status 2, never a traceback from deep inside torc
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import Callable
 
 EPILOG = """examples:
@@ -207,8 +209,7 @@ def report_built_artifact(folder, sidecar: dict) -> int:
     """Run the artifact on its reference vectors (and one fill_mask example for MLM) through the runtime."""
     from .tasks import get_task
 
-    backend = "tensorrt" if sidecar.get("engine") else sidecar.get("backend", "onnxruntime")
-    with _open_runtime(str(folder), backend if backend in RUNTIME_BACKENDS else "onnxruntime") as runtime:
+    with _open_runtime(str(folder), _built_backend(sidecar)) as runtime:
         report = runtime.verify()
         print(report.summary())
         if "fill_mask" in get_task(sidecar["task"]).methods and runtime.tokenizer is not None:
@@ -220,6 +221,24 @@ def report_built_artifact(folder, sidecar: dict) -> int:
 
 # ---------------------------------------------------------------------------- verify / compare
 RUNTIME_BACKENDS = ("onnxruntime", "tensorrt", "openvino")
+
+
+def _built_backend(sidecar: dict) -> str:
+    """The runtime an artifact was built and checked for (its build.json), else ONNX Runtime."""
+    backend = "tensorrt" if sidecar.get("engine") else sidecar.get("backend", "onnxruntime")
+    return backend if backend in RUNTIME_BACKENDS else "onnxruntime"
+
+
+def _resolve_backend(artifact: str, backend: str) -> str:
+    """`auto`: the backend of the artifact's build.json (an OpenVINO build is checked on OpenVINO)."""
+    if backend != "auto":
+        return backend
+    path = Path(artifact)
+    sidecar = (path if path.is_dir() else path.parent) / "build.json"
+    try:
+        return _built_backend(json.loads(sidecar.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return "onnxruntime"
 
 
 def _open_runtime(path: str, backend: str):
@@ -240,13 +259,14 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
                     "TensorRT engine) on them, without torch, and exits 1 when it misses the thresholds "
                     "of its precision (fp32: 1e-4 max abs; fp16: 99.9% top-1; int8: 99% top-1).")
     p.add_argument("artifact", help="artifact folder, model.onnx or engine.plan")
-    p.add_argument("--backend", choices=RUNTIME_BACKENDS, default="onnxruntime")
+    p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
+                   help="auto (default): the backend the artifact was built for (build.json), else onnxruntime")
     p.add_argument("--reference", help="reference .npz (default: reference.npz next to the artifact)")
     p.set_defaults(run=run_verify)
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    with _open_runtime(args.artifact, args.backend) as runtime:
+    with _open_runtime(args.artifact, _resolve_backend(args.artifact, args.backend)) as runtime:
         report = runtime.verify(args.reference) if args.reference else runtime.verify()
     print(report.summary())
     return 0 if report.passed else 1
@@ -268,8 +288,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--reference-artifact", help="another artifact of the same task (e.g. the FP32 graph)")
     p.add_argument("--samples", type=int, default=32, help="held-out sentences to use (default 32)")
     p.add_argument("--report", help="write the report here (.json, plus a .md beside it)")
-    p.add_argument("--backend", choices=RUNTIME_BACKENDS, default="onnxruntime",
-                   help="backend for the artifact")
+    p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
+                   help="backend for the artifact; auto (default): the one it was built for (build.json), "
+                        "else onnxruntime")
     p.set_defaults(run=run_compare)
 
 
@@ -277,14 +298,15 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from .parity import compare_checkpoint, parity_markdown
 
-        result = compare_checkpoint(args.checkpoint, args.artifact, samples=args.samples, backend=args.backend,
+        result = compare_checkpoint(args.checkpoint, args.artifact, samples=args.samples,
+                                    backend=_resolve_backend(args.artifact, args.backend),
                                     report=args.report, progress=progress)
         print(parity_markdown(result))
         return 0 if result["passed"] else 1
     from .runtime import OrtMegatronBert, compare
 
     with OrtMegatronBert(args.reference_artifact) as reference, \
-            _open_runtime(args.artifact, args.backend) as candidate:
+            _open_runtime(args.artifact, _resolve_backend(args.artifact, args.backend)) as candidate:
         report = compare(reference, candidate)
     print(report.summary())
     return 0 if report.passed else 1

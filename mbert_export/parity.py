@@ -11,6 +11,7 @@ artifact are `mbert_export.reference`'s (re-exported here).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -53,7 +54,8 @@ POOLED_TEXT = "all held-out text (pooled)"
 
 def compare_checkpoint(checkpoint: str | os.PathLike, artifact: str | os.PathLike, *, samples: int = 32,
                        backend: str = "onnxruntime", report: str | os.PathLike | None = None,
-                       progress=None, inference_precision: str | None = None) -> dict:
+                       progress=None, inference_precision: str | None = None,
+                       reference_cache: dict | None = None) -> dict:
     """Run the PyTorch reference of `checkpoint` and the artifact on the same inputs; judge the artifact.
 
     Per input set and output: max/mean abs error, top-1 agreement, cosine similarity, NaN/inf counts,
@@ -62,6 +64,9 @@ def compare_checkpoint(checkpoint: str | os.PathLike, artifact: str | os.PathLik
     token ids give near-tied logits, so their top-1 is reported only). Writes `report` as JSON and a
     markdown table beside it (`.md`) when given. Returns the report dict (`passed` inside).
     backend: "onnxruntime", "openvino" (at `inference_precision`, "f32" or "bf16") or "tensorrt".
+    reference_cache: a dict kept by the caller to share the reference model and its outputs between
+    calls on the same checkpoint (several artifacts of one checkpoint: the parity suite), keyed by
+    checkpoint, task and the input bytes; the caller decides when to drop it.
     """
     from .export import load_model_for_task
     from .fileio import atomic_write_text
@@ -79,14 +84,21 @@ def compare_checkpoint(checkpoint: str | os.PathLike, artifact: str | os.PathLik
         runtime = OrtMegatronBert(artifact)
     try:
         task, precision = runtime.task, runtime.precision
-        model = load_model_for_task(checkpoint, task, allow_random_head=True, progress=say)
+        cache = {} if reference_cache is None else reference_cache
+        model_key = ("model", str(checkpoint), task.name)
+        if model_key not in cache:
+            cache[model_key] = load_model_for_task(checkpoint, task, allow_random_head=True, progress=say)
+        model = cache[model_key]
         thresholds = thresholds_for(precision)
         sets = parity_inputs(task, model.config, runtime.tokenizer, samples, runtime.max_batch,
                              runtime.max_seq_len)
         rows, text_checks = [], []
         for name, (feeds, is_text) in sets.items():
             say(f"compare: {name}")
-            expected = reference_outputs(model, task, feeds)
+            key = (str(checkpoint), task.name, _digest(feeds))
+            if key not in cache:
+                cache[key] = reference_outputs(model, task, feeds)
+            expected = cache[key]
             got = runtime.run(feeds)
             checks = compare_outputs(task, feeds, expected, got, thresholds, model.config.real_vocab_size,
                                      judge_top1=False)
@@ -104,6 +116,16 @@ def compare_checkpoint(checkpoint: str | os.PathLike, artifact: str | os.PathLik
         atomic_write_text(report, json.dumps(result, indent=1, default=float) + "\n")
         atomic_write_text(report.with_suffix(".md"), parity_markdown(result))
     return result
+
+
+def _digest(feeds: dict[str, np.ndarray]) -> str:
+    """Identity of a set of inputs (names, shapes, bytes), for the reference cache."""
+    digest = hashlib.sha1()
+    for name in sorted(feeds):
+        value = np.ascontiguousarray(feeds[name])
+        digest.update(f"{name}{value.shape}{value.dtype}".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 def _row(inputs: str, check) -> dict:

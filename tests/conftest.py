@@ -11,3 +11,12 @@ from helpers import tiny_config
 def tiny():
     """A fresh `tiny` preset config (3 labels)."""
     return tiny_config()
+
+
+@pytest.fixture(scope="session")
+def task_artifacts(tmp_path_factory):
+    """`task_artifacts(task[, kinds])` -> (checkpoint, {graph kind: artifact folder}); see demo_heads.TaskArtifacts."""
+    pytest.importorskip("torch")
+    from demo_heads import TaskArtifacts
+
+    return TaskArtifacts(tmp_path_factory)

@@ -150,3 +150,56 @@ def demo_task_checkpoint(task: str, folder: Path, steps: int = 150, count: int =
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+#: Graph kinds of every task's artifacts (the parity suite judges each); MAX_SEQ of their export.
+GRAPHS = ("fp32", "fp16", "int8-qdq", "int8-dynamic")
+ARTIFACT_MAX_SEQ = 128
+
+
+class TaskArtifacts:
+    """task -> (checkpoint folder, {graph kind: artifact folder}): the demo encoder with a trained
+    `task` head, its FP32 graph and the FP16, INT8 Q/DQ and CPU dynamic INT8 graphs made from it.
+    Each is made on first use and kept for the session (the parity suite and the serving tests share
+    them)."""
+
+    def __init__(self, tmp_path_factory):
+        self.factory = tmp_path_factory
+        self.made: dict[str, tuple[Path, dict[str, Path]]] = {}
+
+    def __call__(self, task: str, kinds=GRAPHS) -> tuple[Path, dict[str, Path]]:
+        from mbert_export.build import (DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE,
+                                        calibration_data, load_tokenizer_if_any, make_profiles)
+        from mbert_export.export import copy_tokenizer, export_onnx, load_model_for_task
+        from mbert_export.precision import convert_fp16, quantize_int8, quantize_int8_dynamic
+        from mbert_export.tasks import TASKS
+
+        if task not in self.made:
+            root = self.factory.mktemp(task)
+            checkpoint = demo_task_checkpoint(task, root / "checkpoint")
+            fp32 = export_onnx(load_model_for_task(checkpoint, task), task, root / "fp32" / "model.onnx",
+                               max_seq_len=ARTIFACT_MAX_SEQ, tokenizer_dir=checkpoint, verify=False).path
+            self.made[task] = (checkpoint, {"fp32": fp32.parent})
+        checkpoint, folders = self.made[task]
+        fp32 = folders["fp32"] / "model.onnx"
+        for kind in kinds:
+            if kind in folders:
+                continue
+            out = folders["fp32"].parent / kind / "model.onnx"
+            if kind == "fp16":
+                convert_fp16(fp32, out)
+            elif kind == "int8-qdq":
+                model = load_model_for_task(checkpoint, task)
+                batches, _ = calibration_data(load_tokenizer_if_any(checkpoint), None,
+                                              make_profiles([], [f"1,64,{ARTIFACT_MAX_SEQ}"], ARTIFACT_MAX_SEQ),
+                                              TASKS[task], model.config, lambda message: None)
+                quantize_int8(fp32, out, batches, method=DEFAULT_CALIBRATION_METHOD,
+                              keep_float=DEFAULT_INT8_KEEP_FLOAT, strict=False)
+            elif kind == "int8-dynamic":
+                quantize_int8_dynamic(fp32, out, keep_float=DEFAULT_INT8_KEEP_FLOAT, rescore=DEFAULT_INT8_RESCORE,
+                                      strict=False)
+            else:
+                raise ValueError(f"unknown graph kind {kind!r}")
+            copy_tokenizer(checkpoint, out.parent)
+            folders[kind] = out.parent
+        return checkpoint, {kind: folders[kind] for kind in kinds}

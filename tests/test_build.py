@@ -322,7 +322,7 @@ def test_demo_model_meets_the_precision_bars(tmp_path, precision, recipe):
 
 
 # ---------------------------------------------------------------------------- OpenVINO
-def test_openvino_int8_build_is_checked_on_openvino_and_records_the_machine(tmp_path):
+def test_openvino_int8_build_is_checked_on_openvino_and_records_the_machine(tmp_path, capsys):
     """`build --backend openvino --int8`: the calibrated Q/DQ graph, checked on OpenVINO against the FP32
     graph with the INT8 bars (demo model: >= 99 % top-1 at masked held-out positions); build.json names
     the OpenVINO version, the inference precision and the CPU."""
@@ -342,6 +342,11 @@ def test_openvino_int8_build_is_checked_on_openvino_and_records_the_machine(tmp_
     assert held_out["top1_agreement"] >= 0.99 and held_out["positions"] > 1000
     with OvMegatronBert(result.folder) as ov:
         assert ov.inference_precision == "f32" and ov.verify().passed
+    # `verify` checks an OpenVINO build on OpenVINO unless told otherwise
+    assert cli_main(["verify", str(result.folder)]) == 0
+    assert cli_main(["verify", str(result.folder), "--backend", "onnxruntime"]) in (0, 1)
+    said = capsys.readouterr().out.split("verify ")[1:]
+    assert " on openvino " in said[0] and " on onnxruntime " in said[1], said
 
 
 def test_openvino_choices_follow_the_cpu(checkpoint, tmp_path):

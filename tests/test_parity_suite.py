@@ -18,60 +18,38 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from demo_heads import demo_task_checkpoint  # noqa: E402
+from demo_heads import ARTIFACT_MAX_SEQ as MAX_SEQ  # noqa: E402
+from demo_heads import GRAPHS  # noqa: E402
 
-from mbert_export.build import (DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE,  # noqa: E402
-                                build_artifact, calibration_data, load_tokenizer_if_any, make_profiles)
-from mbert_export.export import copy_tokenizer, export_onnx, load_model_for_task  # noqa: E402
 from mbert_export.parity import POOLED_TEXT, compare_checkpoint  # noqa: E402
-from mbert_export.precision import convert_fp16, quantize_int8, quantize_int8_dynamic  # noqa: E402
 from mbert_export.tasks import TASKS  # noqa: E402
 
-GRAPHS = ("fp32", "fp16", "int8-qdq", "int8-dynamic")
-MAX_SEQ = 128
 #: 128 held-out rows: the 99% pooled top-1 bar then allows one flip of a sequence-level decision
 #: (nsp, classification); at 64 it was a 100% bar.
 SAMPLES = 128
 
 
 @pytest.fixture(scope="module")
-def task_artifacts(tmp_path_factory):
-    """task -> (checkpoint folder, {graph kind: artifact folder}), made on first use."""
-    made: dict[str, tuple] = {}
+def reference_cache():
+    """`reference_cache(task)`: one dict shared by the rows of one task (the reference model and its
+    outputs are the same for every graph of a task); the previous task's is dropped."""
+    held: dict[str, dict] = {}
 
-    def make(task: str):
-        if task not in made:
-            root = tmp_path_factory.mktemp(task)
-            checkpoint = demo_task_checkpoint(task, root / "checkpoint")
-            model = load_model_for_task(checkpoint, task)
-            fp32 = export_onnx(model, task, root / "fp32" / "model.onnx", max_seq_len=MAX_SEQ,
-                               tokenizer_dir=checkpoint, verify=False).path
-            batches, _ = calibration_data(load_tokenizer_if_any(checkpoint), None,
-                                          make_profiles([], [f"1,64,{MAX_SEQ}"], MAX_SEQ), TASKS[task],
-                                          model.config, lambda message: None)
-            graphs = {
-                "fp32": fp32,
-                "fp16": convert_fp16(fp32, root / "fp16" / "model.onnx").path,
-                "int8-qdq": quantize_int8(fp32, root / "int8-qdq" / "model.onnx", batches,
-                                          method=DEFAULT_CALIBRATION_METHOD, keep_float=DEFAULT_INT8_KEEP_FLOAT,
-                                          strict=False).path,
-                "int8-dynamic": quantize_int8_dynamic(fp32, root / "int8-dynamic" / "model.onnx",
-                                                      keep_float=DEFAULT_INT8_KEEP_FLOAT,
-                                                      rescore=DEFAULT_INT8_RESCORE, strict=False).path,
-            }
-            for path in graphs.values():
-                copy_tokenizer(checkpoint, path.parent)
-            made[task] = (checkpoint, {kind: path.parent for kind, path in graphs.items()})
-        return made[task]
+    def for_task(task: str) -> dict:
+        if task not in held:
+            held.clear()
+            held[task] = {}
+        return held[task]
 
-    return make
+    return for_task
 
 
 @pytest.mark.parametrize("graph", GRAPHS)
 @pytest.mark.parametrize("task", list(TASKS))
-def test_onnxruntime_artifact_matches_the_reference(task_artifacts, task, graph, tmp_path):
+def test_onnxruntime_artifact_matches_the_reference(task_artifacts, reference_cache, task, graph, tmp_path):
     checkpoint, artifacts = task_artifacts(task)
-    result = compare_checkpoint(checkpoint, artifacts[graph], samples=SAMPLES, report=tmp_path / "parity.json")
+    result = compare_checkpoint(checkpoint, artifacts[graph], samples=SAMPLES, report=tmp_path / "parity.json",
+                                reference_cache=reference_cache(task))
     failures = [f"{r['inputs']} {r['output']}: {f}" for r in result["rows"] for f in r["failures"]]
     assert result["passed"], "\n".join(failures)
     assert result["precision"] == graph.split("-")[0]
@@ -115,7 +93,7 @@ METHOD_CALLS = {
 
 @pytest.mark.parametrize("graph,inference_precision", OPENVINO_ROWS)
 @pytest.mark.parametrize("task", list(TASKS))
-def test_openvino_matches_the_reference(task_artifacts, task, graph, inference_precision, tmp_path):
+def test_openvino_matches_the_reference(task_artifacts, reference_cache, task, graph, inference_precision, tmp_path):
     """The same graphs on OpenVINO (issue 13), judged like the ONNX Runtime rows; an FP32 graph at
     bf16 by the bf16 bars. Plus each task's method gives ONNX Runtime's result."""
     pytest.importorskip("openvino")
@@ -126,7 +104,8 @@ def test_openvino_matches_the_reference(task_artifacts, task, graph, inference_p
         pytest.skip(f"bf16 inference needs AVX512-BF16 or AMX; OpenVINO sees {', '.join(cpu_capabilities())} here")
     checkpoint, artifacts = task_artifacts(task)
     result = compare_checkpoint(checkpoint, artifacts[graph], samples=SAMPLES, backend="openvino",
-                                inference_precision=inference_precision, report=tmp_path / "parity.json")
+                                inference_precision=inference_precision, report=tmp_path / "parity.json",
+                                reference_cache=reference_cache(task))
     failures = [f"{r['inputs']} {r['output']}: {f}" for r in result["rows"] for f in r["failures"]]
     assert result["passed"], "\n".join(failures)
     expected = "bf16" if inference_precision == "bf16" else graph.split("-")[0]
@@ -163,12 +142,12 @@ def _assert_same_result(got, want, tol: float = 1e-4) -> None:
 @pytest.mark.parametrize("task", list(TASKS))
 def test_tensorrt_engine_matches_the_reference(task_artifacts, task, precision, tmp_path):
     """Strongly typed engines of the same graphs, through TRTMegatronBert. Needs TensorRT and a GPU."""
-    from mbert_export.build import tensorrt_status
+    from mbert_export.build import build_artifact, tensorrt_status
 
     usable, reason = tensorrt_status()
     if not usable:
         pytest.skip(f"TensorRT engines need TensorRT and an NVIDIA GPU: {reason}")
-    checkpoint, _ = task_artifacts(task)
+    checkpoint, _ = task_artifacts(task, ("fp32",))
     built = build_artifact(task, precision, checkpoint=checkpoint, output_dir=tmp_path / precision,
                            backend="tensorrt", batch=["1,4,8"], seq=[f"1,64,{MAX_SEQ}"], choices="2,4,4")
     result = compare_checkpoint(checkpoint, built.folder, samples=SAMPLES, backend="tensorrt")

@@ -23,15 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from demo_heads import demo_task_checkpoint
-
-from mbert_export.build import DEFAULT_CHECKPOINT
 from mbert_export.runtime import OrtMegatronBert
 
 IN_CI = os.environ.get("CI") == "true"
 SERVER_ENV = os.environ.get("MBERT_TRITON_ENV", "")
-TASKS = ("mlm", "sequence-classification", "token-classification", "question-answering")
-MAX_SEQ = 64
+TASKS = ("mlm", "sequence-classification", "token-classification", "question-answering", "pretraining",
+         "multiple-choice", "base", "causal-lm")
 #: Long enough for concurrent requests to meet in the dynamic batcher, short for serial calls.
 QUEUE_DELAY_US = 3000
 STANDIN = Path(__file__).with_name("triton_onnx_standin.py")
@@ -82,20 +79,9 @@ def assert_same(got, want, where="result"):
 
 # ---------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> dict[str, Path]:
-    """task -> ONNX artifact folder: the demo MLM, and trained demo heads for the other three."""
-    from mbert_export.export import export_onnx, load_model_for_task
-
-    root = tmp_path_factory.mktemp("serving-artifacts")
-    made = {}
-    for task in TASKS:
-        checkpoint = DEFAULT_CHECKPOINT if task == "mlm" else demo_task_checkpoint(
-            task, root / task / "checkpoint", steps=15, count=64)
-        folder = root / task / "onnx"
-        export_onnx(load_model_for_task(checkpoint, task), task, folder / "model.onnx", max_seq_len=MAX_SEQ,
-                    tokenizer_dir=checkpoint, verify=False)
-        made[task] = folder
-    return made
+def artifacts(task_artifacts) -> dict[str, Path]:
+    """task -> FP32 ONNX artifact folder of the demo encoder with a trained head (shared with the parity suite)."""
+    return {task: task_artifacts(task, ("fp32",))[1]["fp32"] for task in TASKS}
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +93,8 @@ def runtimes(artifacts):
 
 
 def _names(task: str) -> str:
-    return {"sequence-classification": "cls", "token-classification": "ner", "question-answering": "qa"}.get(task, task)
+    return {"sequence-classification": "cls", "token-classification": "ner", "question-answering": "qa",
+            "multiple-choice": "mc", "causal-lm": "clm"}.get(task, task)
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +138,19 @@ def _calls(task: str):
     if task == "token-classification":
         return [("classify_tokens", (TEXTS[0],), {}), ("classify_tokens", (TEXTS,), {"aggregation": "simple"}),
                 ("classify_tokens", (TEXTS[2],), {"ignore_labels": []})]
+    if task == "pretraining":  # two methods in one model: `method` picks
+        return [("fill_mask", (MLM_TEXTS[0],), {"top_k": 2}), ("next_sentence", (TEXTS[0], TEXTS[1]), {}),
+                ("next_sentence", (TEXTS[:2], TEXTS[2:]), {})]
+    if task == "multiple-choice":
+        return [("multiple_choice", ("Pick one:", ["a cat", "a dog", "a car"]), {}),
+                ("multiple_choice", (["Pick one:", "Which?"], [["a cat", "a dog"], ["a car", "a bus"]]), {})]
+    if task == "base":
+        return [("embed", (TEXTS[0],), {"pooling": "mean"}), ("embed", (TEXTS,), {})]
+    if task == "causal-lm":
+        return [("next_token", ("Paris is the",), {"top_k": 3}), ("next_token", (TEXTS[:2],), {})]
     return [("answer_question", (QUESTION, TEXTS[0]), {}),
             ("answer_question", ([QUESTION] * 4, TEXTS), {"top_k": 2}),
-            ("answer_question", (QUESTION, " ".join(TEXTS * 3)), {"max_answer_len": 5})]
+            ("answer_question", (QUESTION, " ".join(TEXTS * 6)), {"max_answer_len": 5})]
 
 
 # ---------------------------------------------------------------------------- configs (no server)
@@ -211,7 +208,7 @@ def test_engine_folders_get_tensorrt_configs(artifacts, tmp_path):
     shutil.copytree(artifacts["mlm"], folder)
     (folder / "engine.plan").write_bytes(b"not a real engine")
     (folder / "build.json").write_text(json.dumps({
-        "task": "mlm", "precision": "fp16", "engine": "engine.plan", "max_seq_len": MAX_SEQ,
+        "task": "mlm", "precision": "fp16", "engine": "engine.plan", "max_seq_len": 64,
         "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64], "num_choices": [2, 4, 8]},
                      {"batch": [1, 8, 16], "sequence": [1, 16, 32], "num_choices": [2, 4, 8]}]}))
     entries = {e.name: e for e in write_repository([folder], tmp_path / "repo", layout="ensemble")}
@@ -384,8 +381,6 @@ def test_ensemble_tokenize_and_postprocess_run_for_real(server_env, artifacts, r
             for task in tasks:
                 with _client(server, task, protocol) as client:
                     for method, args, kwargs in _calls(task):
-                        if "text_pair" in kwargs:  # optional inputs are the python layout's
-                            continue
                         want = getattr(runtimes[task], method)(*args, **kwargs)
                         assert_same(getattr(client, method)(*args, **kwargs), want, f"ensemble {task} {method}")
         with _client(server, "mlm", "http") as mlm:

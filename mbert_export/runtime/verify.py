@@ -242,13 +242,13 @@ def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[st
         mean_abs = float(finite.mean(dtype=np.float64)) if finite.size else 0.0
         check = OutputCheck(name, tuple(out.shape), max_abs, mean_abs, nan, inf)
         is_logits = name.endswith("logits")
-        clean = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+        clean = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0) if nan or inf else out
         if is_logits:
             where = mask
             if positions is not None and mask is not None and positions.shape == mask.shape:
                 where = mask & positions.astype(bool)
-            ref_scores, got_scores = _decisions(task, name, ref, np.nan_to_num(out, nan=-np.inf), where,
-                                                real_vocab_size)
+            ref_scores, got_scores = _decisions(task, name, ref, np.nan_to_num(out, nan=-np.inf) if nan else out,
+                                                where, real_vocab_size)
             agree, total = int((ref_scores.argmax(-1) == got_scores.argmax(-1)).sum()), len(ref_scores)
             check.top1 = agree / total if total else 1.0
             check.top1_count = (agree, total)

@@ -200,7 +200,8 @@ def _text_inputs(task: Task, ensemble: bool) -> list[str]:
                              + ("question answering splits long contexts into a varying number of windows per "
                                 "question" if task.name == "question-answering" else
                                 "its graph input has a choices axis") + "; use --layout python")
-        return [_tensor(n, "TYPE_STRING", [1]) for n, required in inputs.items() if required]
+    # Optional inputs (TEXT_PAIR of classify) stay optional through an ensemble too: Triton passes an
+    # ensemble input a request left out on as missing to the steps, whose inputs are optional as well.
     return [_tensor(n, "TYPE_STRING", [1], optional=not required) for n, required in inputs.items()]
 
 
@@ -232,7 +233,7 @@ def _write_python_layout(root: Path, name: str, artifact: Artifact, options: dic
 def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: dict[str, Any]) -> list[ModelEntry]:
     task = artifact.task
     text_inputs = _text_inputs(task, ensemble=True)
-    text_names = [n for n, required in task_inputs(task).items() if required]
+    text_names = list(task_inputs(task))
     use_trt = options["backend"] == "tensorrt" or (options["backend"] == "auto" and artifact.engine_path is not None)
     if artifact.onnx_path is None:
         raise ArtifactError(f"{artifact.name} has no model.onnx: the repository takes the graph's inputs and "
