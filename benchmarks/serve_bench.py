@@ -11,7 +11,8 @@ latency of
   cost: the throughput bar);
 - Triton python layout with dynamic batching, and without it, loaded by N Python threads in this
   process (each with its own TritonMegatronBert over HTTP on 127.0.0.1) and, where it runs, by
-  perf_analyzer (Triton's C++ load generator: far less client CPU on the same cores).
+  perf_analyzer (Triton's C++ load generator: far less client CPU on the same cores);
+- the floor: a python model in the same server that answers `[]` without any work.
 Server and in-process runtimes get the same instances and threads. Without --artifact the demo MLM is
 exported (needs torch). Writes benchmarks/results/serve-NAME.{json,md} and prints them.
 
@@ -167,6 +168,37 @@ def export_demo(folder: Path) -> Path:
     return folder
 
 
+#: The floor of a python-backend model: one that answers `[]` per row without any work (benchmark only).
+ECHO_CONFIG = """name: "echo"
+backend: "python"
+max_batch_size: 64
+input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
+output [ { name: "RESULT" data_type: TYPE_STRING dims: [ 1 ] } ]
+instance_group [ { count: 1 kind: KIND_CPU } ]
+dynamic_batching { max_queue_delay_microseconds: 0 }
+parameters { key: "task" value { string_value: "mlm" } }
+"""
+ECHO_MODEL = """import numpy as np
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            rows = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().shape[0]
+            result = np.array([[b"[]"]] * rows, dtype=np.object_)
+            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("RESULT", result)]))
+        return responses
+"""
+
+
+def write_echo_model(repository: Path) -> None:
+    (repository / "echo" / "1").mkdir(parents=True)
+    (repository / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
+    (repository / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
+
+
 def markdown(report: dict) -> str:
     lines = [f"Serving benchmark `{report['name']}`: artifact {report['artifact']} ({report['precision']}), "
              f"{machine_line(report['machine'])}; tritonserver {report['server']}; {report['instances']} model "
@@ -186,7 +218,9 @@ def markdown(report: dict) -> str:
     s = report["summary"]
     lines += ["", f"Added latency per request (1 client, p50, Triton without batching - in-process threads): "
                   f"{s['added_latency_ms']} ms with Python clients, {s.get('added_latency_ms_perf_analyzer')} ms "
-                  f"with perf_analyzer (goal <= 1 ms). At 8 clients Triton with dynamic batching reaches "
+                  f"with perf_analyzer (goal <= 1 ms); a python model that does nothing answers a lone request in "
+                  f"{s.get('echo_floor_ms')} ms with Python clients, {s.get('echo_floor_ms_perf_analyzer')} ms with "
+                  f"perf_analyzer (the floor of any python-backend model here). At 8 clients Triton with dynamic batching reaches "
                   f"{s['throughput_ratio_8']} of the in-process batched throughput with Python clients, "
                   f"{s.get('throughput_ratio_8_perf_analyzer')} with perf_analyzer (goal >= 0.9). "
                   f"Executed batch sizes (dynamic batching): {report.get('executed_batch_sizes')}. "
@@ -241,11 +275,14 @@ def main() -> int:
         write_repository([artifact], repository, names=["mlm"], max_queue_delay_us=args.max_queue_delay_us, **common)
         write_repository([artifact], work / "plain", names=["mlm_plain"], dynamic_batching=False, **common)
         (work / "plain" / "mlm_plain").rename(repository / "mlm_plain")
+        write_echo_model(repository)
         modes = {"in-process, threads": None, "in-process, batched": None,
-                 "triton python, dynamic batching": "mlm", "triton python, no batching": "mlm_plain"}
+                 "triton python, dynamic batching": "mlm", "triton python, no batching": "mlm_plain",
+                 "triton echo model (floor)": "echo"}
         if pa_binary:
             modes.update({"triton python, dynamic batching, perf_analyzer": "mlm",
-                          "triton python, no batching, perf_analyzer": "mlm_plain"})
+                          "triton python, no batching, perf_analyzer": "mlm_plain",
+                          "triton echo model (floor), perf_analyzer": "echo"})
         cells: dict[tuple[int, str], list[dict]] = {}
         with start_server(repository, python_env=server_env) as server:
             before = TritonMegatronBert(server.http_url, "mlm").batch_sizes()
@@ -306,6 +343,8 @@ def main() -> int:
     report["summary"] = {
         "added_latency_ms": added("triton python, no batching"),
         "added_latency_ms_perf_analyzer": added("triton python, no batching, perf_analyzer"),
+        "echo_floor_ms": (cell(1, "triton echo model (floor)") or {}).get("p50_ms"),
+        "echo_floor_ms_perf_analyzer": (cell(1, "triton echo model (floor), perf_analyzer") or {}).get("p50_ms"),
         "throughput_ratio_8": ratio("triton python, dynamic batching"),
         "throughput_ratio_8_perf_analyzer": ratio("triton python, dynamic batching, perf_analyzer"),
         "triton_requests": sum(r["requests"] for r in triton), "triton_failed": sum(r["failed"] for r in triton)}
