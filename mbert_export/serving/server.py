@@ -217,11 +217,21 @@ class TritonServer:
         self.stop()
 
 
-def _end_with_parent() -> None:
-    """In the server's child process before exec: SIGTERM to it when its parent dies (Linux prctl
-    PR_SET_PDEATHSIG), so that a client killed without cleanup leaves no server behind."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+def _end_with_parent():
+    """A preexec_fn for the server's child process (Linux): SIGTERM to it when its parent dies (prctl
+    PR_SET_PDEATHSIG), so that a client killed without cleanup leaves no server behind. prctl is
+    looked up here, in the parent: between fork and exec the child only calls it (no dlopen)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_parent_death_signal() -> None:
+        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+    return set_parent_death_signal
 
 
 def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port: int = 0, metrics_port: int = 0,
@@ -260,7 +270,7 @@ def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port
     with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=environ, cwd=work, start_new_session=True,
-                                   preexec_fn=_end_with_parent if sys.platform == "linux" else None)
+                                   preexec_fn=_end_with_parent())
     server = TritonServer(process, *ports, host, work, log_path, owns)
     try:
         server.wait_ready(timeout)
