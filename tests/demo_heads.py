@@ -4,7 +4,8 @@ Random heads give near-tied logits, and no reduced precision keeps the argmax of
 FP16/INT8 agreement bars are only meaningful on heads that learned something. The demo model
 (models/megatron-bert-demo) ships an MLM head only; here every other head (and the pooler) is
 fitted for a few seconds on simple, learnable labels drawn from the bundled training corpus, with
-the encoder frozen. The labels are not the point (a real fine-tune would differ); confident,
+the encoder frozen (its outputs are computed once and the head trains on them: multiple choice
+7 s instead of 46 s). The labels are not the point (a real fine-tune would differ); confident,
 realistic logits are.
 
 `demo_task_checkpoint(task, folder)` writes a Hugging Face folder (weights, config, tokenizer) for
@@ -117,6 +118,29 @@ TRAINED_HEADS = {"sequence-classification": {0: "NO_NUMBER", 1: "NUMBER"}, "nsp"
                  "token-classification": TOKEN_LABELS, "question-answering": None, "multiple-choice": None}
 
 
+class _CachedEncoder(torch.nn.Module):
+    """Stands in for the frozen encoder while a head trains: returns `value`, the encoder's outputs for
+    the current rows, computed once beforehand (ten times faster than an encoder pass per step)."""
+
+    value: torch.Tensor
+
+    def forward(self, hidden, mask):
+        return self.value
+
+
+def _encoder_outputs(model, feeds: dict, chunk: int = 128) -> torch.Tensor:
+    """last_hidden_state of the frozen encoder (eval mode) for every example: (count[, choices], seq, hidden)."""
+    ids = np.asarray(feeds["input_ids"])
+    flat = {k: torch.from_numpy(np.asarray(feeds[k]).reshape(-1, ids.shape[-1]))
+            for k in ("input_ids", "attention_mask", "token_type_ids") if k in feeds}
+    model.eval()
+    with torch.no_grad():
+        parts = [model.bert(**{k: v[start:start + chunk] for k, v in flat.items()})["last_hidden_state"]
+                 for start in range(0, len(flat["input_ids"]), chunk)]
+    hidden = torch.cat(parts)
+    return hidden.reshape(*ids.shape, hidden.shape[-1])
+
+
 def demo_task_checkpoint(task: str, folder: Path, steps: int = 150, count: int = 512) -> Path:
     """Write the demo model with a trained `task` head to `folder` (a Hugging Face folder)."""
     torch.manual_seed(0)
@@ -138,13 +162,18 @@ def demo_task_checkpoint(task: str, folder: Path, steps: int = 150, count: int =
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(trainable, lr=3e-3)
         rng = np.random.default_rng(0)
+        hidden = _encoder_outputs(model, feeds)
+        encoder, cached = body.encoder, _CachedEncoder()
+        body.encoder = cached
         model.train()
         for _ in range(steps):
             rows = rng.choice(count, size=32, replace=False)
+            cached.value = hidden[rows].reshape(-1, *hidden.shape[-2:])
             loss = _loss(head_task, model, {k: v[rows] for k, v in feeds.items()}, labels[rows])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        body.encoder = encoder
         model.eval()
         model.requires_grad_(True)
     model.save_pretrained(folder)
