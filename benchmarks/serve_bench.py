@@ -121,16 +121,16 @@ def run_batched(runtimes: list, clients: int, seconds: float, max_requests: int)
     return {**_stats(latencies, time.perf_counter() - start), "failed": 0, "latencies": latencies, "cpu_s": 0.0}
 
 
-def perf_analyzer_env(binary: Path, server_env: Path, scratch: Path) -> dict:
-    """Environment for tritonclient 2.51's perf_analyzer: its two missing libraries linked from nvidia-pytriton."""
-    libs = next(iter(server_env.glob("lib/python3*/site-packages/nvidia_pytriton.libs")), None)
+def perf_analyzer_env(binary: Path, library_dirs: list[Path], scratch: Path) -> dict:
+    """Environment for tritonclient 2.51's perf_analyzer: its two missing libraries linked from
+    nvidia-pytriton's bundled ones (`library_dirs`, as the server module found them)."""
     folder = scratch / "perf-analyzer-libs"
     folder.mkdir(exist_ok=True)
     for wanted, pattern in (("libb64.so.0d", "libb64-*.so.0d"), ("libcudart.so.12", "libcudart-*.so.12*")):
-        found = sorted(libs.glob(pattern)) if libs else []
+        found = sorted(p for libs in library_dirs for p in libs.glob(pattern))
         if found and not (folder / wanted).exists():
             (folder / wanted).symlink_to(found[0])
-    paths = [str(folder)] + ([str(libs)] if libs else []) + [os.environ.get("LD_LIBRARY_PATH", "")]
+    paths = [str(folder)] + [str(p) for p in library_dirs] + [os.environ.get("LD_LIBRARY_PATH", "")]
     env = {**os.environ, "LD_LIBRARY_PATH": ":".join(p for p in paths if p)}
     check = subprocess.run([str(binary), "--version"], env=env, capture_output=True, text=True, timeout=60)
     if check.returncode != 0:
@@ -231,7 +231,7 @@ def markdown(report: dict) -> str:
 def main() -> int:
     from mbert_export.serving import TritonMegatronBert
     from mbert_export.serving.repository import write_repository
-    from mbert_export.serving.server import ENV_VARIABLE, start_server
+    from mbert_export.serving.server import ENV_VARIABLE, find_tritonserver, start_server
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", help="MLM artifact folder (default: export the demo MLM)")
@@ -250,7 +250,7 @@ def main() -> int:
     args = parser.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
     threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.instances)
-    server_env = Path(args.python_env or os.environ.get(ENV_VARIABLE, sys.prefix))
+    install, server_env = find_tritonserver(args.python_env)
 
     import onnxruntime
 
@@ -258,7 +258,7 @@ def main() -> int:
         work = Path(work)
         artifact = Path(args.artifact) if args.artifact else export_demo(work / "artifact")
         pa_binary = Path(args.perf_analyzer) if args.perf_analyzer else None
-        pa_env = perf_analyzer_env(pa_binary, server_env, work) if pa_binary else None
+        pa_env = perf_analyzer_env(pa_binary, install.library_dirs, work) if pa_binary else None
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         runtimes = [OrtMegatronBert(artifact, session_options=options) for _ in range(args.instances)]

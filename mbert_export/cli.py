@@ -7,7 +7,6 @@ one `error: ...` line and exit status 2, never a traceback from deep inside torc
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Callable
@@ -231,14 +230,13 @@ def _built_backend(sidecar: dict) -> str:
 
 def _resolve_backend(artifact: str, backend: str) -> str:
     """`auto`: the backend of the artifact's build.json (an OpenVINO build is checked on OpenVINO)."""
+    from .runtime.artifact import SIDECAR_FILE, _read_sidecar
+
     if backend != "auto":
         return backend
     path = Path(artifact)
-    sidecar = (path if path.is_dir() else path.parent) / "build.json"
-    try:
-        return _built_backend(json.loads(sidecar.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return "onnxruntime"
+    sidecar = (path if path.is_dir() else path.parent) / SIDECAR_FILE
+    return _built_backend(_read_sidecar(sidecar)) if sidecar.is_file() else "onnxruntime"
 
 
 def _open_runtime(path: str, backend: str):

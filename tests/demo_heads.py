@@ -195,6 +195,7 @@ class TaskArtifacts:
     def __init__(self, tmp_path_factory):
         self.factory = tmp_path_factory
         self.made: dict[str, tuple[Path, dict[str, Path]]] = {}
+        self.configs: dict[str, object] = {}  # task -> its checkpoint's model config (for calibration)
 
     def __call__(self, task: str, kinds=GRAPHS) -> tuple[Path, dict[str, Path]]:
         from mbert_export.build import (DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE,
@@ -206,9 +207,11 @@ class TaskArtifacts:
         if task not in self.made:
             root = self.factory.mktemp(task)
             checkpoint = demo_task_checkpoint(task, root / "checkpoint")
-            fp32 = export_onnx(load_model_for_task(checkpoint, task), task, root / "fp32" / "model.onnx",
-                               max_seq_len=ARTIFACT_MAX_SEQ, tokenizer_dir=checkpoint, verify=False).path
+            model = load_model_for_task(checkpoint, task)
+            fp32 = export_onnx(model, task, root / "fp32" / "model.onnx", max_seq_len=ARTIFACT_MAX_SEQ,
+                               tokenizer_dir=checkpoint, verify=False).path
             self.made[task] = (checkpoint, {"fp32": fp32.parent})
+            self.configs[task] = model.config
         checkpoint, folders = self.made[task]
         fp32 = folders["fp32"] / "model.onnx"
         for kind in kinds:
@@ -218,10 +221,9 @@ class TaskArtifacts:
             if kind == "fp16":
                 convert_fp16(fp32, out)
             elif kind == "int8-qdq":
-                model = load_model_for_task(checkpoint, task)
                 batches, _ = calibration_data(load_tokenizer_if_any(checkpoint), None,
                                               make_profiles([], [f"1,64,{ARTIFACT_MAX_SEQ}"], ARTIFACT_MAX_SEQ),
-                                              TASKS[task], model.config, lambda message: None)
+                                              TASKS[task], self.configs[task], lambda message: None)
                 quantize_int8(fp32, out, batches, method=DEFAULT_CALIBRATION_METHOD,
                               keep_float=DEFAULT_INT8_KEEP_FLOAT, strict=False)
             elif kind == "int8-dynamic":
