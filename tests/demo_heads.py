@@ -189,41 +189,54 @@ ARTIFACT_MAX_SEQ = 128
 class TaskArtifacts:
     """task -> (checkpoint folder, {graph kind: artifact folder}): the demo encoder with a trained
     `task` head, its FP32 graph and the FP16, INT8 Q/DQ and CPU dynamic INT8 graphs made from it.
-    Each is made on first use and kept for the session (the parity suite and the serving tests share
-    them)."""
 
-    def __init__(self, tmp_path_factory):
-        self.factory = tmp_path_factory
-        self.made: dict[str, tuple[Path, dict[str, Path]]] = {}
-        self.configs: dict[str, object] = {}  # task -> its checkpoint's model config (for calibration)
+    Each is made on first use, under `root`, and kept for the session: the parity suite and the
+    serving tests share them, and so do pytest-xdist's workers (they pass the same `root`; a file
+    lock per folder makes one worker build it while the others wait, and a marker file says it is
+    complete).
+    """
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _made(self, folder: Path, make) -> Path:
+        """`folder`, made by `make(folder)` unless a worker already completed it."""
+        from filelock import FileLock
+
+        done = folder / ".complete"
+        if not done.exists():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(folder) + ".lock"):
+                if not done.exists():
+                    make(folder)
+                    done.touch()
+        return folder
 
     def __call__(self, task: str, kinds=GRAPHS) -> tuple[Path, dict[str, Path]]:
         from mbert_export.build import (DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE,
                                         calibration_data, load_tokenizer_if_any, make_profiles)
+        from mbert_export.config import MegatronBertConfig
         from mbert_export.export import copy_tokenizer, export_onnx, load_model_for_task
         from mbert_export.precision import convert_fp16, quantize_int8, quantize_int8_dynamic
         from mbert_export.tasks import TASKS
 
-        if task not in self.made:
-            root = self.factory.mktemp(task)
-            checkpoint = demo_task_checkpoint(task, root / "checkpoint")
-            model = load_model_for_task(checkpoint, task)
-            fp32 = export_onnx(model, task, root / "fp32" / "model.onnx", max_seq_len=ARTIFACT_MAX_SEQ,
-                               tokenizer_dir=checkpoint, verify=False).path
-            self.made[task] = (checkpoint, {"fp32": fp32.parent})
-            self.configs[task] = model.config
-        checkpoint, folders = self.made[task]
-        fp32 = folders["fp32"] / "model.onnx"
-        for kind in kinds:
-            if kind in folders:
-                continue
-            out = folders["fp32"].parent / kind / "model.onnx"
+        task_root = self.root / task
+        checkpoint = task_root / "checkpoint"
+
+        def make_fp32(folder: Path) -> None:
+            self._made(checkpoint, lambda folder: demo_task_checkpoint(task, folder))
+            export_onnx(load_model_for_task(checkpoint, task), task, folder / "model.onnx",
+                        max_seq_len=ARTIFACT_MAX_SEQ, tokenizer_dir=checkpoint, verify=False)
+
+        def make_graph(kind: str, folder: Path) -> None:
+            fp32, out = task_root / "fp32" / "model.onnx", folder / "model.onnx"
             if kind == "fp16":
                 convert_fp16(fp32, out)
             elif kind == "int8-qdq":
                 batches, _ = calibration_data(load_tokenizer_if_any(checkpoint), None,
                                               make_profiles([], [f"1,64,{ARTIFACT_MAX_SEQ}"], ARTIFACT_MAX_SEQ),
-                                              TASKS[task], self.configs[task], lambda message: None)
+                                              TASKS[task], MegatronBertConfig.from_pretrained(checkpoint),
+                                              lambda message: None)
                 quantize_int8(fp32, out, batches, method=DEFAULT_CALIBRATION_METHOD,
                               keep_float=DEFAULT_INT8_KEEP_FLOAT, strict=False)
             elif kind == "int8-dynamic":
@@ -231,6 +244,10 @@ class TaskArtifacts:
                                       strict=False)
             else:
                 raise ValueError(f"unknown graph kind {kind!r}")
-            copy_tokenizer(checkpoint, out.parent)
-            folders[kind] = out.parent
+            copy_tokenizer(checkpoint, folder)
+
+        folders = {"fp32": self._made(task_root / "fp32", make_fp32)}
+        for kind in kinds:
+            if kind != "fp32":
+                folders[kind] = self._made(task_root / kind, lambda folder, kind=kind: make_graph(kind, folder))
         return checkpoint, {kind: folders[kind] for kind in kinds}
