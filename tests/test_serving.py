@@ -356,12 +356,13 @@ def test_python_server_stops_without_leftovers(python_server):
 
 # ---------------------------------------------------------------------------- ensemble layout
 def test_ensemble_tokenize_and_postprocess_run_for_real(server_env, artifacts, runtimes, tmp_path):
-    """Ensemble with the ONNX STAND-IN as its middle model (see the module docstring)."""
+    """Ensemble with the ONNX STAND-IN as its middle model (see the module docstring). Pretraining picks
+    `next_sentence` by the request's `method` parameter, which Triton forwards to the ensemble's steps."""
     env = server_env
     from mbert_export.serving.repository import parse_config, write_repository
     from mbert_export.serving.server import start_server
 
-    tasks = ["mlm", "sequence-classification", "token-classification"]
+    tasks = ["mlm", "sequence-classification", "token-classification", "pretraining"]
     repository = tmp_path / "repository"
     write_repository([artifacts[t] for t in tasks], repository, names=[_names(t) for t in tasks], layout="ensemble",
                      max_queue_delay_us=QUEUE_DELAY_US)
