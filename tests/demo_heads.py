@@ -192,8 +192,8 @@ class TaskArtifacts:
 
     Each is made on first use, under `root`, and kept for the session: the parity suite and the
     serving tests share them, and so do pytest-xdist's workers (they pass the same `root`; a file
-    lock per folder makes one worker build it while the others wait, and a marker file says it is
-    complete).
+    lock per folder makes one worker build it while the others wait, and a marker file beside it says
+    it is complete).
     """
 
     def __init__(self, root: Path):
@@ -203,7 +203,7 @@ class TaskArtifacts:
         """`folder`, made by `make(folder)` unless a worker already completed it."""
         from filelock import FileLock
 
-        done = folder / ".complete"
+        done = folder.with_name(folder.name + ".complete")
         if not done.exists():
             folder.parent.mkdir(parents=True, exist_ok=True)
             with FileLock(str(folder) + ".lock"):
