@@ -230,13 +230,13 @@ def _built_backend(sidecar: dict) -> str:
 
 def _resolve_backend(artifact: str, backend: str) -> str:
     """`auto`: the backend of the artifact's build.json (an OpenVINO build is checked on OpenVINO)."""
-    from .runtime.artifact import SIDECAR_FILE, _read_sidecar
+    from .runtime.artifact import SIDECAR_FILE, read_sidecar
 
     if backend != "auto":
         return backend
     path = Path(artifact)
     sidecar = (path if path.is_dir() else path.parent) / SIDECAR_FILE
-    return _built_backend(_read_sidecar(sidecar)) if sidecar.is_file() else "onnxruntime"
+    return _built_backend(read_sidecar(sidecar)) if sidecar.is_file() else "onnxruntime"
 
 
 def _open_runtime(path: str, backend: str):

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..tasks import TASKS, Task
 
-__all__ = ["Artifact", "ArtifactError", "open_artifact", "read_onnx_metadata",
+__all__ = ["Artifact", "ArtifactError", "open_artifact", "read_onnx_metadata", "read_sidecar",
            "ONNX_FILE", "ENGINE_FILE", "SIDECAR_FILE", "REFERENCE_FILE"]
 
 ONNX_FILE = "model.onnx"
@@ -178,7 +178,8 @@ class Artifact:
         return f"{self.name}: " + ", ".join(parts)
 
 
-def _read_sidecar(path: Path) -> dict[str, Any]:
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """An artifact's build.json as a dict; ArtifactError (one line) when it is unreadable or not a JSON object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -243,7 +244,7 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
     """Read the artifact at `path` for a backend that wants an "onnx" graph or an "engine"."""
     path = Path(path)
     folder, onnx_path, engine_path, sidecar_path = _locate(path, want)
-    sidecar = _read_sidecar(sidecar_path) if sidecar_path else {}
+    sidecar = read_sidecar(sidecar_path) if sidecar_path else {}
 
     metadata: dict[str, str] = {}
     if onnx_path is not None:
