@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Callable
 
 EPILOG = """examples:
@@ -230,12 +229,11 @@ def _built_backend(sidecar: dict) -> str:
 
 def _resolve_backend(artifact: str, backend: str) -> str:
     """`auto`: the backend of the artifact's build.json (an OpenVINO build is checked on OpenVINO)."""
-    from .runtime.artifact import SIDECAR_FILE, read_sidecar
+    from .runtime.artifact import read_sidecar, sidecar_path
 
     if backend != "auto":
         return backend
-    path = Path(artifact)
-    sidecar = (path if path.is_dir() else path.parent) / SIDECAR_FILE
+    sidecar = sidecar_path(artifact)
     return _built_backend(read_sidecar(sidecar)) if sidecar.is_file() else "onnxruntime"
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..tasks import TASKS, Task
 
-__all__ = ["Artifact", "ArtifactError", "open_artifact", "read_onnx_metadata", "read_sidecar",
+__all__ = ["Artifact", "ArtifactError", "open_artifact", "read_onnx_metadata", "read_sidecar", "sidecar_path",
            "ONNX_FILE", "ENGINE_FILE", "SIDECAR_FILE", "REFERENCE_FILE"]
 
 ONNX_FILE = "model.onnx"
@@ -203,27 +203,34 @@ def _int_or_none(value: Any, what: str, where: Path) -> int | None:
     return number
 
 
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the build.json of the artifact at `path` (a build folder, or a graph or engine in one) is."""
+    path = Path(path)
+    return (path if path.is_dir() else path.parent) / SIDECAR_FILE
+
+
 def _locate(path: Path, want: str) -> tuple[Path, Path | None, Path | None, Path | None]:
     """(folder, onnx, engine, sidecar) for a user-given path; `want` is "onnx" or "engine"."""
     if not path.exists():
         raise ArtifactError(f"{path} does not exist; pass a .onnx file, an engine file or a build folder")
+    sidecar = sidecar_path(path)
+    folder = sidecar.parent
     if path.is_dir():
-        folder = path
         onnx_path = folder / ONNX_FILE if (folder / ONNX_FILE).is_file() else None
         engine_path = folder / ENGINE_FILE if (folder / ENGINE_FILE).is_file() else None
         if engine_path is None:
             engines = sorted(p for p in folder.iterdir() if p.suffix in ENGINE_SUFFIXES and p.is_file())
             engine_path = engines[0] if len(engines) == 1 else None
     elif path.suffix == ".onnx":
-        folder, onnx_path, engine_path = path.parent, path, None
+        onnx_path, engine_path = path, None
     elif path.suffix in ENGINE_SUFFIXES:
-        folder, onnx_path, engine_path = path.parent, None, path
+        onnx_path, engine_path = None, path
         if (folder / ONNX_FILE).is_file():
             onnx_path = folder / ONNX_FILE
     else:
         raise ArtifactError(f"{path} is neither a .onnx graph, an engine ({', '.join(ENGINE_SUFFIXES)}) "
                             "nor a build folder")
-    sidecar = folder / SIDECAR_FILE if (folder / SIDECAR_FILE).is_file() else None
+    sidecar = sidecar if sidecar.is_file() else None
     if want == "onnx" and onnx_path is None:
         present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
         raise ArtifactError(f"{path} has no {ONNX_FILE} (found: {present}); ONNX Runtime needs the exported "
