@@ -13,7 +13,9 @@ latency of
   process (each with its own TritonMegatronBert over HTTP on 127.0.0.1) and, where it runs, by
   perf_analyzer (Triton's C++ load generator: far less client CPU on the same cores);
 - the floor: a python model in the same server that answers `[]` without any work;
-- at 1 client, in-process calls that each follow an idle pause, as a server's lone requests do.
+- at 1 client, in-process calls that each follow an idle pause, as a server's lone requests do;
+- at 1 client, the floor at equal work: that python model busy for as long as an in-process call.
+perf_analyzer rows also give Triton's own count of the time spent in the model's execute().
 Server and in-process runtimes get the same instances and threads. Without --artifact the demo MLM is
 exported (needs torch). Writes benchmarks/results/serve-NAME.{json,md} and prints them.
 
@@ -40,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mbert_export.fileio import atomic_write_text  # noqa: E402
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 from mbert_export.runtime import OrtMegatronBert  # noqa: E402
 
@@ -48,6 +51,13 @@ from mbert_export.runtime import OrtMegatronBert  # noqa: E402
 #: (on the 2-core VM where this was written, that alone added 0.6-0.9 ms to a demo fill_mask call).
 IDLE_MS = 2.0
 LONE_IDLE = f"in-process, {IDLE_MS:g} ms idle before each call"
+#: 1 client: a python model in the same server that busy-works as long as a back-to-back in-process call
+#: (the p50 of the same round's "in-process, threads" cell) and answers `[]`. Its p50 minus that work is
+#: what Triton itself adds around a model call of that length; the python layout's added latency minus
+#: that is what our model (request parsing, JSON results, its call starting from idle) adds beyond it.
+BUSY_ECHO = "triton echo model busy for an in-process call"
+#: Modes that run at 1 client only.
+LONE_MODES = (LONE_IDLE, BUSY_ECHO, BUSY_ECHO + ", perf_analyzer")
 
 SENTENCES = ["The [MASK] statement is used to import a module.", "A [MASK] returns a new list of items.",
              "Use the [MASK] function to open a file for reading.", "The [MASK] of a list is its number of items.",
@@ -163,7 +173,9 @@ def run_perf_analyzer(binary: Path, env: dict, url: str, model: str, clients: in
     values = dict(zip(header.split(","), row.split(",")))
     counts = [int(line.split(":")[1]) for line in result.stdout.splitlines() if "Request count:" in line]
     rate = float(values["Inferences/Second"])
-    return {"requests": counts[-1] if counts else 0, "seconds": round(counts[-1] / rate, 3) if counts else seconds,
+    compute = values.get("Server Compute Infer")  # microseconds per request inside the model's execute()
+    return {"server_compute_ms": round(int(compute) / 1e3, 3) if compute else None,
+            "requests": counts[-1] if counts else 0, "seconds": round(counts[-1] / rate, 3) if counts else seconds,
             "requests_per_s": round(rate, 1), "p50_ms": round(int(values["p50 latency"]) / 1e3, 3),
             "p99_ms": round(int(values["p99 latency"]) / 1e3, 3), "failed": 0}
 
@@ -179,21 +191,37 @@ def export_demo(folder: Path) -> Path:
 
 
 #: The floor of a python-backend model: one that answers `[]` per row without any work (benchmark only).
-ECHO_CONFIG = """name: "echo"
+#: With a `busy_ms` file in its version folder it first busy-works that long per execute(): the floor at
+#: the model's own amount of work. The benchmark rewrites the file each round (this VM's speed drifts).
+ECHO_CONFIG = """name: "{name}"
 backend: "python"
 max_batch_size: 64
-input [ { name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] } ]
-output [ { name: "RESULT" data_type: TYPE_STRING dims: [ 1 ] } ]
-instance_group [ { count: 1 kind: KIND_CPU } ]
-dynamic_batching { max_queue_delay_microseconds: 0 }
-parameters { key: "task" value { string_value: "mlm" } }
+input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }} ]
+output [ {{ name: "RESULT" data_type: TYPE_STRING dims: [ 1 ] }} ]
+instance_group [ {{ count: 1 kind: KIND_CPU }} ]
+dynamic_batching {{ max_queue_delay_microseconds: 0 }}
+parameters {{ key: "task" value {{ string_value: "mlm" }} }}
 """
-ECHO_MODEL = """import numpy as np
+ECHO_MODEL = """import os
+import time
+
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
+    def initialize(self, args):
+        self.busy_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "busy_ms")
+        self.busy_stamp, self.busy_s = None, 0.0
+
     def execute(self, requests):
+        stamp = os.stat(self.busy_file).st_mtime_ns if os.path.exists(self.busy_file) else None
+        if stamp != self.busy_stamp:
+            with open(self.busy_file) as f:
+                self.busy_stamp, self.busy_s = stamp, float(f.read()) / 1e3
+        end = time.perf_counter() + self.busy_s
+        while time.perf_counter() < end:  # busy, as a model computing is (a sleep would idle the core)
+            pass
         responses = []
         for request in requests:
             rows = pb_utils.get_input_tensor_by_name(request, "TEXT").as_numpy().shape[0]
@@ -203,10 +231,16 @@ class TritonPythonModel:
 """
 
 
-def write_echo_model(repository: Path) -> None:
-    (repository / "echo" / "1").mkdir(parents=True)
-    (repository / "echo" / "config.pbtxt").write_text(ECHO_CONFIG)
-    (repository / "echo" / "1" / "model.py").write_text(ECHO_MODEL)
+def write_echo_model(repository: Path, name: str = "echo") -> Path:
+    (repository / name / "1").mkdir(parents=True)
+    (repository / name / "config.pbtxt").write_text(ECHO_CONFIG.format(name=name))
+    (repository / name / "1" / "model.py").write_text(ECHO_MODEL)
+    return repository / name / "1"
+
+
+def set_busy_ms(version_dir: Path, busy_ms: float) -> None:
+    """The busy echo model's work per execute() from now on (it rereads the file when it changes)."""
+    atomic_write_text(version_dir / "busy_ms", f"{busy_ms}\n")
 
 
 def markdown(report: dict) -> str:
@@ -218,13 +252,14 @@ def markdown(report: dict) -> str:
              "(TritonMegatronBert over HTTP on 127.0.0.1, in-process: N threads over the runtimes) or perf_analyzer "
              "at concurrency N; clients and server share the machine. In-process batched latency is the whole "
              "batch's.", "",
-             "| clients | mode | requests/s | p50 ms | p99 ms | requests | vs in-process batched | client CPU ms/request |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| clients | mode | requests/s | p50 ms | p99 ms | requests | vs in-process batched "
+             "| client CPU ms/request | in model ms (Triton's count) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in report["results"]:
         ratio = row.get("vs_batched")
         lines.append(f"| {row['clients']} | {row['mode']} | {row['requests_per_s']} | {row['p50_ms']} | "
                      f"{row['p99_ms']} | {row['requests']} | {'' if ratio is None else f'{ratio:.0%}'} | "
-                     f"{row.get('client_cpu_ms', '')} |")
+                     f"{row.get('client_cpu_ms', '')} | {row.get('server_compute_ms') or ''} |")
     s = report["summary"]
     lines += ["", f"Added latency per request (1 client, p50, Triton without batching - in-process threads): "
                   f"{s['added_latency_ms']} ms with Python clients, {s.get('added_latency_ms_perf_analyzer')} ms "
@@ -232,7 +267,13 @@ def markdown(report: dict) -> str:
                   f"{s.get('echo_floor_ms')} ms with Python clients, {s.get('echo_floor_ms_perf_analyzer')} ms with "
                   f"perf_analyzer (the floor of any python-backend model here); against in-process calls that "
                   f"also start from idle ({LONE_IDLE}): {s.get('added_latency_ms_perf_analyzer_vs_idle')} ms with "
-                  f"perf_analyzer. At 8 clients Triton with dynamic batching reaches "
+                  f"perf_analyzer. Around a python model that busy-works as long as an in-process call (p50 "
+                  f"per round: {report['busy_echo_ms']} ms) Triton itself adds "
+                  f"{s.get('triton_cost_at_equal_work_ms')} ms with Python clients, "
+                  f"{s.get('triton_cost_at_equal_work_ms_perf_analyzer')} ms with perf_analyzer; the python layout's "
+                  f"added latency beyond that floor: {s.get('model_added_over_equal_work_ms')} / "
+                  f"{s.get('model_added_over_equal_work_ms_perf_analyzer')} ms. "
+                  f"At 8 clients Triton with dynamic batching reaches "
                   f"{s['throughput_ratio_8']} of the in-process batched throughput with Python clients, "
                   f"{s.get('throughput_ratio_8_perf_analyzer')} with perf_analyzer (goal >= 0.9). "
                   f"Executed batch sizes (dynamic batching): {report.get('executed_batch_sizes')}. "
@@ -288,20 +329,23 @@ def main() -> int:
         write_repository([artifact], work / "plain", names=["mlm_plain"], dynamic_batching=False, **common)
         (work / "plain" / "mlm_plain").rename(repository / "mlm_plain")
         write_echo_model(repository)
+        busy_echo = write_echo_model(repository, "echo_busy")
+        report["busy_echo_ms"] = []  # per round
         modes = {"in-process, threads": None, "in-process, batched": None, LONE_IDLE: None,
                  "triton python, dynamic batching": "mlm", "triton python, no batching": "mlm_plain",
-                 "triton echo model (floor)": "echo"}
+                 "triton echo model (floor)": "echo", BUSY_ECHO: "echo_busy"}
         if pa_binary:
             modes.update({"triton python, dynamic batching, perf_analyzer": "mlm",
                           "triton python, no batching, perf_analyzer": "mlm_plain",
-                          "triton echo model (floor), perf_analyzer": "echo"})
+                          "triton echo model (floor), perf_analyzer": "echo",
+                          BUSY_ECHO + ", perf_analyzer": "echo_busy"})
         cells: dict[tuple[int, str], list[dict]] = {}
         with start_server(repository, python_env=server_env) as server:
             before = TritonMegatronBert(server.http_url, "mlm").batch_sizes()
             for round_index in range(args.rounds):
                 for n in clients:
                     for mode, model in modes.items():
-                        if mode == LONE_IDLE and n != 1:
+                        if mode in LONE_MODES and n != 1:
                             continue
                         time.sleep(0.05)  # the previous mode's spinning threads settle
                         if mode == "in-process, threads" or mode == LONE_IDLE:
@@ -319,6 +363,9 @@ def main() -> int:
 
                             result = run_clients(n, make_call, args.seconds, args.max_requests)
                         cells.setdefault((n, mode), []).append(result)
+                        if n == 1 and mode == "in-process, threads":
+                            set_busy_ms(busy_echo, result["p50_ms"])
+                            report["busy_echo_ms"].append(result["p50_ms"])
                         print(f"round {round_index + 1}: {n:>3} clients  {mode:<48} {result['requests_per_s']:>8} "
                               f"req/s  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms", flush=True)
             after = TritonMegatronBert(server.http_url, "mlm").batch_sizes()
@@ -352,6 +399,15 @@ def main() -> int:
         plain, local = cell(1, mode), cell(1, baseline)
         return round(plain["p50_ms"] - local["p50_ms"], 3) if plain and local else None
 
+    def over_work(mode):
+        found, work = cell(1, mode), report["busy_echo_ms"]
+        work = float(np.median(work)) if work else None
+        return round(found["p50_ms"] - work, 3) if found and work else None
+
+    def beyond_floor(mode, busy_mode):
+        total, floor = added(mode), over_work(busy_mode)
+        return round(total - floor, 3) if total is not None and floor is not None else None
+
     def ratio(mode):
         found = cell(8, mode)
         return found["vs_batched"] if found else None
@@ -363,6 +419,11 @@ def main() -> int:
         "added_latency_ms_perf_analyzer_vs_idle": added("triton python, no batching, perf_analyzer", LONE_IDLE),
         "echo_floor_ms": (cell(1, "triton echo model (floor)") or {}).get("p50_ms"),
         "echo_floor_ms_perf_analyzer": (cell(1, "triton echo model (floor), perf_analyzer") or {}).get("p50_ms"),
+        "triton_cost_at_equal_work_ms": over_work(BUSY_ECHO),
+        "triton_cost_at_equal_work_ms_perf_analyzer": over_work(BUSY_ECHO + ", perf_analyzer"),
+        "model_added_over_equal_work_ms": beyond_floor("triton python, no batching", BUSY_ECHO),
+        "model_added_over_equal_work_ms_perf_analyzer": beyond_floor("triton python, no batching, perf_analyzer",
+                                                                     BUSY_ECHO + ", perf_analyzer"),
         "throughput_ratio_8": ratio("triton python, dynamic batching"),
         "throughput_ratio_8_perf_analyzer": ratio("triton python, dynamic batching, perf_analyzer"),
         "triton_requests": sum(r["requests"] for r in triton), "triton_failed": sum(r["failed"] for r in triton)}
