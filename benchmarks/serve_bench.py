@@ -42,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mbert_export.bench import save_results  # noqa: E402
 from mbert_export.fileio import atomic_write_text  # noqa: E402
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 from mbert_export.runtime import OrtMegatronBert  # noqa: E402
@@ -427,10 +428,8 @@ def main() -> int:
         "throughput_ratio_8": ratio("triton python, dynamic batching"),
         "throughput_ratio_8_perf_analyzer": ratio("triton python, dynamic batching, perf_analyzer"),
         "triton_requests": sum(r["requests"] for r in triton), "triton_failed": sum(r["failed"] for r in triton)}
-    out = REPO / "benchmarks" / "results" / f"serve-{args.name}"
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     text = markdown(report)
-    out.with_suffix(".md").write_text(text)
+    save_results(f"serve-{args.name}", report, text)
     print(text)
     return 0
 

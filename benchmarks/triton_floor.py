@@ -16,7 +16,6 @@ Writes benchmarks/results/triton-floor[-NAME].{json,md}, naming the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from serve_bench import perf_analyzer_env, run_perf_analyzer, set_busy_ms, write_echo_model  # noqa: E402
 
-from mbert_export.fileio import atomic_write_text  # noqa: E402
+from mbert_export.bench import save_results  # noqa: E402
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 
 
@@ -85,10 +84,8 @@ def main() -> int:
                      "requests": sum(p["requests"] for p in parts)})
     report = {"server": "2.51.0 (nvidia-pytriton 0.7.0)", "machine": machine_info(), "rounds": args.rounds,
               "seconds": args.seconds, "perf_analyzer": str(binary), "results": rows}
-    out = REPO / "benchmarks" / "results" / ("triton-floor" + (f"-{args.name}" if args.name else ""))
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     text = markdown(report)
-    atomic_write_text(out.with_suffix(".md"), text)
+    save_results("triton-floor" + (f"-{args.name}" if args.name else ""), report, text)
     print(text)
     return 0
 

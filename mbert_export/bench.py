@@ -290,15 +290,21 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: dict, say: Progress, quiet: bool = False) -> None:
-    """benchmarks/results/<name>.json, .md and .png (speedup per backend and shape); `quiet`: no table."""
+def save_results(name: str, report: dict, table: str) -> Path:
+    """benchmarks/results/<name>.json (the report) and .md (its table), each written atomically; the base path."""
     from .fileio import atomic_write_text
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    base = RESULTS_DIR / report["name"]
+    base = RESULTS_DIR / name
     atomic_write_text(base.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
-    table = markdown_table(report)
     atomic_write_text(base.with_suffix(".md"), table)
+    return base
+
+
+def write_report(report: dict, say: Progress, quiet: bool = False) -> None:
+    """benchmarks/results/<name>.json, .md and .png (speedup per backend and shape); `quiet`: no table."""
+    table = markdown_table(report)
+    base = save_results(report["name"], report, table)
     if not quiet:
         say(table)
     try:
