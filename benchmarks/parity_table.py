@@ -15,7 +15,6 @@ benchmarks/results/parity-table.{json,md}, naming the machine.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,19 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from demo_heads import GRAPHS, TaskArtifacts  # noqa: E402
+from demo_heads import GRAPHS, OPENVINO_ROWS, PARITY_SAMPLES, TaskArtifacts  # noqa: E402
 
-from mbert_export.fileio import atomic_write_text  # noqa: E402
+from mbert_export.bench import save_results  # noqa: E402
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 from mbert_export.parity import POOLED_TEXT, compare_checkpoint  # noqa: E402
 from mbert_export.tasks import TASKS  # noqa: E402
 
-#: The parity suite's held-out rows (tests/test_parity_suite.py: SAMPLES).
-SAMPLES = 128
 #: (backend, graph, OpenVINO inference precision or None): the parity suite's rows.
-ROWS = ([("onnxruntime", graph, None) for graph in GRAPHS]
-        + [("openvino", "fp32", "f32"), ("openvino", "fp32", "bf16"), ("openvino", "fp16", "f32"),
-           ("openvino", "int8-qdq", "f32")])
+ROWS = [("onnxruntime", graph, None) for graph in GRAPHS] + [("openvino", *row) for row in OPENVINO_ROWS]
 
 
 def column(backend: str, graph: str, precision: str | None) -> str:
@@ -58,7 +53,7 @@ def worst_pooled_top1(result: dict) -> dict:
 
 def markdown(report: dict) -> str:
     columns = [column(*row) for row in ROWS if column(*row) in report["columns"]]
-    lines = [f"Parity table: worst pooled top-1 agreement with the PyTorch reference over {SAMPLES} held-out "
+    lines = [f"Parity table: worst pooled top-1 agreement with the PyTorch reference over {PARITY_SAMPLES} held-out "
              f"sentences, per task (demo encoder + trained head) and graph (base: worst cosine of the hidden "
              f"states on held-out text); `FAIL` marks a comparison that "
              f"missed its precision's bars. {machine_line(report['machine'])}.", "",
@@ -102,7 +97,8 @@ def main() -> int:
 
         bf16 = "BF16" in cpu_capabilities()
     artifacts = TaskArtifacts(Path(args.work))
-    report = {"samples": SAMPLES, "machine": machine_info(), "columns": [column(*row) for row in rows], "tasks": {}}
+    report = {"samples": PARITY_SAMPLES, "machine": machine_info(), "columns": [column(*row) for row in rows],
+              "tasks": {}}
     for task in tasks:
         started = time.perf_counter()
         print(f"{task}: making the checkpoint and graphs (first time: a few minutes)", flush=True)
@@ -114,7 +110,7 @@ def main() -> int:
             if precision == "bf16" and not bf16:
                 cells[name] = {"skipped": "OpenVINO bf16 needs AVX512-BF16 or AMX, which this CPU lacks"}
                 continue
-            result = compare_checkpoint(checkpoint, graphs[graph], samples=SAMPLES, backend=backend,
+            result = compare_checkpoint(checkpoint, graphs[graph], samples=PARITY_SAMPLES, backend=backend,
                                         inference_precision=precision, reference_cache=cache)
             cell = cells[name] = worst_pooled_top1(result)
             top1 = f"top-1 {cell['top1']:.2%} {tuple(cell['count'])}" if cell["top1"] is not None \
@@ -122,10 +118,8 @@ def main() -> int:
             top1 += f" on {cell['output']}"
             print(f"  {name:<22} {top1}{'' if result['passed'] else '  FAILED its bars'}", flush=True)
         print(f"{task}: {time.perf_counter() - started:.0f} s", flush=True)
-    out = REPO / "benchmarks" / "results" / args.name
-    atomic_write_text(out.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
     text = markdown(report)
-    atomic_write_text(out.with_suffix(".md"), text)
+    save_results(args.name, report, text)
     print(text)
     return 0
 

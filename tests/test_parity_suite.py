@@ -19,14 +19,11 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from demo_heads import ARTIFACT_MAX_SEQ as MAX_SEQ  # noqa: E402
-from demo_heads import GRAPHS  # noqa: E402
+from demo_heads import GRAPHS, OPENVINO_ROWS  # noqa: E402
+from demo_heads import PARITY_SAMPLES as SAMPLES  # noqa: E402
 
 from mbert_export.parity import POOLED_TEXT, compare_checkpoint  # noqa: E402
 from mbert_export.tasks import TASKS  # noqa: E402
-
-#: 128 held-out rows: the 99% pooled top-1 bar then allows one flip of a sequence-level decision
-#: (nsp, classification); at 64 it was a 100% bar.
-SAMPLES = 128
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +72,6 @@ def test_a_damaged_artifact_fails_parity(task_artifacts, tmp_path):
 
 
 # ---------------------------------------------------------------------------- OpenVINO (CPU)
-#: OpenVINO rows: (graph, inference precision). bf16 needs AVX512-BF16/AMX; it skips elsewhere.
-OPENVINO_ROWS = (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8-qdq", "f32"))
 #: One call of each task's method, run on OpenVINO and on ONNX Runtime (the same FP32 graph).
 METHOD_CALLS = {
     "base": ("embed", ("Paris is a city.",), {"pooling": "mean"}),
