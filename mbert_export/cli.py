@@ -205,9 +205,10 @@ FILL_MASK_EXAMPLE = "The [MASK] statement is used to import a module."
 
 def report_built_artifact(folder, sidecar: dict) -> int:
     """Run the artifact on its reference vectors (and one fill_mask example for MLM) through the runtime."""
+    from .runtime.artifact import built_backend
     from .tasks import get_task
 
-    with _open_runtime(str(folder), _built_backend(sidecar)) as runtime:
+    with _open_runtime(str(folder), built_backend(sidecar)) as runtime:
         report = runtime.verify()
         print(report.summary())
         if "fill_mask" in get_task(sidecar["task"]).methods and runtime.tokenizer is not None:
@@ -218,23 +219,14 @@ def report_built_artifact(folder, sidecar: dict) -> int:
 
 
 # ---------------------------------------------------------------------------- verify / compare
-RUNTIME_BACKENDS = ("onnxruntime", "tensorrt", "openvino")
-
-
-def _built_backend(sidecar: dict) -> str:
-    """The runtime an artifact was built and checked for (its build.json), else ONNX Runtime."""
-    backend = "tensorrt" if sidecar.get("engine") else sidecar.get("backend", "onnxruntime")
-    return backend if backend in RUNTIME_BACKENDS else "onnxruntime"
-
-
 def _resolve_backend(artifact: str, backend: str) -> str:
     """`auto`: the backend of the artifact's build.json (an OpenVINO build is checked on OpenVINO)."""
-    from .runtime.artifact import read_sidecar, sidecar_path
+    from .runtime.artifact import built_backend, read_sidecar, sidecar_path
 
     if backend != "auto":
         return backend
     sidecar = sidecar_path(artifact)
-    return _built_backend(read_sidecar(sidecar)) if sidecar.is_file() else "onnxruntime"
+    return built_backend(read_sidecar(sidecar)) if sidecar.is_file() else "onnxruntime"
 
 
 def _open_runtime(path: str, backend: str):
@@ -248,6 +240,8 @@ def _open_runtime(path: str, backend: str):
 
 
 def add_verify(sub: argparse._SubParsersAction) -> None:
+    from .runtime.artifact import RUNTIME_BACKENDS
+
     p = sub.add_parser(
         "verify", help="run an artifact on its reference vectors and check it against its precision's bar",
         description="Every exported or built artifact carries reference.npz: a few real inputs and the "
@@ -269,6 +263,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def add_compare(sub: argparse._SubParsersAction) -> None:
+    from .runtime.artifact import RUNTIME_BACKENDS
+
     p = sub.add_parser(
         "compare", help="parity: an artifact against the PyTorch reference (or against another artifact)",
         description="With --checkpoint: run the PyTorch reference and the artifact on the same inputs (real "
@@ -357,12 +353,17 @@ def run_bench(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------- triton / serve (serving/)
 def _add_repository_options(p: argparse.ArgumentParser) -> None:
+    from .runtime.artifact import RUNTIME_BACKENDS
+
     p.add_argument("--layout", choices=["python", "ensemble"], default=None,
                    help="python: one python-backend model running this runtime (any tritonserver with the python "
                         "backend); ensemble: tokenize -> onnxruntime_onnx/tensorrt_plan -> postprocess (NVIDIA's "
                         "tritonserver container)")
-    p.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto",
-                   help="auto: TensorRT for a folder with engine.plan, else ONNX Runtime")
+    p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
+                   help="runtime of the python layout's model (the ensemble's middle model runs the graph on "
+                        "onnxruntime_onnx, or tensorrt_plan for an engine); auto: TensorRT for a folder with "
+                        "engine.plan, else the backend the artifact was built for (build.json: OpenVINO for an "
+                        "OpenVINO build), else ONNX Runtime")
     p.add_argument("--max-queue-delay-us", type=int, default=0,
                    help="dynamic batching: longest wait for more requests, in microseconds (default 0: batch "
                         "what is queued when an instance is free, never delay a lone request)")
@@ -373,7 +374,7 @@ def _add_repository_options(p: argparse.ArgumentParser) -> None:
                    help="model instances (instance_group count; default 2 on CPU, 1 per GPU). On CPU, 2 give "
                         "more requests/s under load, 1 the lowest latency for lone requests")
     p.add_argument("--threads", type=int, default=0,
-                   help="python layout, ONNX Runtime: intra-op threads per instance (default: the serving "
+                   help="python layout, ONNX Runtime or OpenVINO: threads per instance (default: the serving "
                         "machine's cores divided by the instances)")
     p.add_argument("--sequence-bucket", type=int, default=16,
                    help="ensemble: pad token ids to a multiple of this, so requests of similar length batch")
@@ -424,7 +425,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=8002)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--python-env", help="virtual environment that runs the python models (numpy<2, tokenizers, "
-                                        "onnxruntime; default $MBERT_TRITON_ENV, else this one)")
+                                        "onnxruntime, or openvino for an OpenVINO build; default "
+                                        "$MBERT_TRITON_ENV, else this one)")
     _add_repository_options(p)
     p.set_defaults(run=run_serve)
 

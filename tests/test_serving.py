@@ -2,8 +2,8 @@
 
 The server and its python models run from their own virtual environment (numpy < 2, tokenizers,
 onnxruntime, this package without torch), named by $MBERT_TRITON_ENV; .ci/run builds it. With CI=true
-these tests fail when it is missing; elsewhere they skip. The in-process runtime (OrtMegatronBert) is
-the oracle. Each server is started on free ports, stopped by its PID, and checked to leave no process.
+these tests fail when it is missing; elsewhere they skip. The in-process runtime (OrtMegatronBert, and
+OvMegatronBert for an OpenVINO build) is the oracle. Each server is started on free ports, stopped by its PID, and checked to leave no process.
 
 The ensemble's middle model (`onnxruntime_onnx` / `tensorrt_plan`) needs backends only NVIDIA's
 container has: here a python-backend STAND-IN (tests/triton_onnx_standin.py) serves the same
@@ -409,6 +409,33 @@ def test_triton_command_writes_a_repository_and_reports_errors(artifacts, tmp_pa
     assert "use --layout python" in capsys.readouterr().err and not (tmp_path / "qa").exists()
 
 
+# ---------------------------------------------------------------------------- OpenVINO build, python layout
+def test_openvino_build_is_served_on_openvino(server_env, tmp_path):
+    """An artifact built with `--backend openvino` is served by OvMegatronBert (auto follows build.json):
+    answers equal the in-process OvMegatronBert's, and the server's model compiled its own blob."""
+    pytest.importorskip("openvino")
+    from mbert_export.build import DEFAULT_CHECKPOINT, build_artifact
+    from mbert_export.runtime import OvMegatronBert
+    from mbert_export.serving import TritonMegatronBert
+    from mbert_export.serving.repository import parse_config, write_repository
+    from mbert_export.serving.server import _python_model_imports, start_server
+
+    built = build_artifact("mlm", "fp32", checkpoint=DEFAULT_CHECKPOINT, output_dir=tmp_path / "ov-mlm",
+                           backend="openvino", seq=["1,64,128"], batch=["1,4,8"], progress=lambda _: None).folder
+    repository = tmp_path / "repository"
+    entry = write_repository([built], repository, names=["mlm"], threads=1, instances=1)[0]
+    assert parse_config(entry.config).parameters["backend"].string_value == "openvino"
+    assert _python_model_imports(repository) == ["openvino", "tokenizers"]
+    with pytest.raises(ValueError, match="for OpenVINO use --layout python"):
+        write_repository([built], tmp_path / "ensemble", layout="ensemble", backend="openvino")
+    with OvMegatronBert(built) as oracle, start_server(repository, python_env=server_env, timeout=180) as server:
+        with TritonMegatronBert(server.http_url, "mlm", timeout=60) as client:
+            assert_same(client.fill_mask(MLM_TEXTS, top_k=3), oracle.fill_mask(MLM_TEXTS, top_k=3))
+            assert_same(client.fill_mask(MLM_TEXTS[0]), oracle.fill_mask(MLM_TEXTS[0]))
+        assert list((repository / "mlm" / "1" / "artifact" / "openvino-cache").rglob("*.blob"))
+    assert server.processes() == []
+
+
 def _processes_mentioning(text: str) -> list[str]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -555,4 +582,7 @@ def test_server_environment_problems_are_named(tmp_path):
 
     if int(numpy.__version__.split(".")[0]) >= 2:  # this test env's numpy: refused as a model env
         with pytest.raises(ServerError, match="crashes on string inputs with numpy 2"):
-            _check_model_env(Path(sys.prefix))
+            _check_model_env(Path(sys.prefix), ["tokenizers"])
+    if SERVER_ENV:  # a runtime the python models name but the env lacks (e.g. openvino): named, with the fix
+        with pytest.raises(ServerError, match="lacks no_such_runtime, which the python models import: pip install"):
+            _check_model_env(Path(SERVER_ENV), ["tokenizers", "no_such_runtime"])

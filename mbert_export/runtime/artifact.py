@@ -20,7 +20,7 @@ from typing import Any
 from ..tasks import TASKS, Task
 
 __all__ = ["Artifact", "ArtifactError", "open_artifact", "read_onnx_metadata", "read_sidecar", "sidecar_path",
-           "ONNX_FILE", "ENGINE_FILE", "SIDECAR_FILE", "REFERENCE_FILE"]
+           "ONNX_FILE", "ENGINE_FILE", "SIDECAR_FILE", "REFERENCE_FILE", "RUNTIME_BACKENDS", "built_backend"]
 
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "engine.plan"
@@ -30,6 +30,8 @@ ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 #: Either file is enough for `Tokenizer.from_pretrained` (tokenizer.json is preferred).
 TOKENIZER_MAIN_FILES = ("tokenizer.json", "vocab.txt")
 PREFIX = "mbert_export."
+#: The runtimes an artifact runs on: OrtMegatronBert, TRTMegatronBert, OvMegatronBert.
+RUNTIME_BACKENDS = ("onnxruntime", "tensorrt", "openvino")
 
 
 class ArtifactError(ValueError):
@@ -189,6 +191,13 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ArtifactError(f"{path} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def built_backend(sidecar: dict[str, Any], has_engine: bool = False) -> str:
+    """The runtime an artifact was built and checked for: TensorRT for an engine, else build.json's
+    "backend" (an OpenVINO build runs on OpenVINO), else ONNX Runtime."""
+    backend = "tensorrt" if has_engine or sidecar.get("engine") else sidecar.get("backend", "onnxruntime")
+    return backend if backend in RUNTIME_BACKENDS else "onnxruntime"
 
 
 def _int_or_none(value: Any, what: str, where: Path) -> int | None:

@@ -3,7 +3,7 @@
     write_repository(["engines/mlm-int8"], "repo", layout="python")
 
 - python: one python-backend model NAME running this project's runtime on the artifact (ONNX
-  Runtime on CPU, TensorRT for an engine); runs on any tritonserver with the python backend.
+  Runtime or OpenVINO on CPU, TensorRT for an engine); runs on any tritonserver with the python backend.
 - ensemble: NAME_tokenize (python) -> NAME_model (`onnxruntime_onnx` / `tensorrt_plan`) ->
   NAME_postprocess (python), tied by the ensemble NAME, for NVIDIA's tritonserver container.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..fileio import atomic_dir
-from ..runtime.artifact import ENGINE_FILE, Artifact, ArtifactError, open_artifact
+from ..runtime.artifact import ENGINE_FILE, RUNTIME_BACKENDS, Artifact, ArtifactError, built_backend, open_artifact
 from ..runtime.pipeline import DEFAULT_MAX_BATCH
 from ..tasks import Task
 from .interface import RESULT, task_defaults, task_inputs
@@ -206,14 +206,17 @@ def _text_inputs(task: Task, ensemble: bool) -> list[str]:
 
 
 def _write_python_layout(root: Path, name: str, artifact: Artifact, options: dict[str, Any]) -> list[ModelEntry]:
-    use_trt = options["backend"] == "tensorrt" or (options["backend"] == "auto" and artifact.engine_path is not None)
+    backend = options["backend"]
+    if backend == "auto":
+        backend = built_backend(artifact.sidecar, has_engine=artifact.engine_path is not None)
+    use_trt = backend == "tensorrt"
     if use_trt and artifact.engine_path is None:
         raise ArtifactError(f"{artifact.name} has no TensorRT engine ({ENGINE_FILE}); use --backend onnxruntime")
     if not use_trt and artifact.onnx_path is None:
-        raise ArtifactError(f"{artifact.name} has no model.onnx for ONNX Runtime; use --backend tensorrt")
+        raise ArtifactError(f"{artifact.name} has no model.onnx for {backend}; use --backend tensorrt")
     max_batch = _max_batch(artifact)
     params = task_defaults(artifact.task)
-    params.update(backend="tensorrt" if use_trt else "onnxruntime", intra_op_threads=str(options["threads"]))
+    params.update(backend=backend, intra_op_threads=str(options["threads"]))
     config = (f"name: {_q(name)}\nbackend: \"python\"\nmax_batch_size: {max_batch}\n"
               + _tensors("input", _text_inputs(artifact.task, ensemble=False))
               + _tensors("output", [_tensor(RESULT, "TYPE_STRING", [1])])
@@ -234,6 +237,9 @@ def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: d
     task = artifact.task
     text_inputs = _text_inputs(task, ensemble=True)
     text_names = list(task_inputs(task))
+    if options["backend"] == "openvino":
+        raise ValueError("the ensemble's middle model runs the graph on Triton's onnxruntime_onnx or tensorrt_plan; "
+                         "for OpenVINO use --layout python")
     use_trt = options["backend"] == "tensorrt" or (options["backend"] == "auto" and artifact.engine_path is not None)
     if artifact.onnx_path is None:
         raise ArtifactError(f"{artifact.name} has no model.onnx: the repository takes the graph's inputs and "
@@ -332,16 +338,18 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
     """Write a Triton model repository serving `artifacts` to `repository` (atomically).
 
     names: one model name per artifact (default: the artifact folder's name). backend: "auto"
-    (TensorRT for an engine folder, else ONNX Runtime), "onnxruntime" or "tensorrt". instances:
-    instance_group count (default: 2 on CPU, 1 per GPU). threads: ONNX Runtime intra-op threads per
-    instance in the python layout (0: the serving machine's cores divided by the instances).
+    (TensorRT for an engine folder, else the backend of the artifact's build.json, else ONNX Runtime),
+    "onnxruntime", "tensorrt" or "openvino" (python layout only; the ensemble's middle model is
+    onnxruntime_onnx or tensorrt_plan). instances: instance_group count (default: 2 on CPU, 1 per GPU).
+    threads: ONNX Runtime / OpenVINO threads per instance in the python layout (0: the serving
+    machine's cores divided by the instances).
     max_queue_delay_us: how long the dynamic batcher waits for more requests; 0 (default) batches what
     is queued when an instance is free and adds no wait to a lone request.
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
-    if backend not in ("auto", "onnxruntime", "tensorrt"):
-        raise ValueError(f"backend must be auto, onnxruntime or tensorrt, got {backend!r}")
+    if backend not in ("auto",) + RUNTIME_BACKENDS:
+        raise ValueError(f"backend must be auto, {', '.join(RUNTIME_BACKENDS)}, got {backend!r}")
     if not artifacts:
         raise ValueError("give at least one artifact")
     for what, value, low in (("instances", 1 if instances is None else instances, 1), ("max_queue_delay_us", max_queue_delay_us, 0),

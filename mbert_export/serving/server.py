@@ -4,7 +4,8 @@
         print(server.http_url, server.grpc_url)
 
 `python_env` is the virtual environment whose Python runs the python-backend models (it needs
-numpy < 2 for tritonserver 2.51's stub, tokenizers and onnxruntime); default: $MBERT_TRITON_ENV,
+numpy < 2 for tritonserver 2.51's stub, tokenizers, and onnxruntime or openvino: the runtime the
+models name); default: $MBERT_TRITON_ENV,
 else this interpreter's environment. The server is nvidia-pytriton's from a named environment, else
 `tritonserver` on PATH, else nvidia-pytriton's from this one. With nvidia-pytriton's bundled server (python backend only) a
 private backend folder is made with COPIES of its python backend and the stub for that env's Python
@@ -108,11 +109,27 @@ def _backend_dir(install: ServerInstall, workdir: Path) -> Path:
     return workdir / "backends"
 
 
-def _check_model_env(env: Path) -> None:
+def _python_model_imports(repository: Path) -> list[str]:
+    """What the python models of `repository` import besides numpy: tokenizers, and the runtime
+    (onnxruntime, openvino or tensorrt) each python-layout model names in its "backend" parameter."""
+    from .repository import parse_config
+
+    needs = {"tokenizers"}
+    for config_file in sorted(repository.glob("*/config.pbtxt")):
+        try:
+            config = parse_config(config_file.read_text(encoding="utf-8"))
+        except Exception:  # noqa: BLE001 - tritonserver reports a bad config itself, with its name
+            continue
+        if config.backend == "python" and "backend" in config.parameters:
+            needs.add(config.parameters["backend"].string_value or "onnxruntime")
+    return sorted(needs)
+
+
+def _check_model_env(env: Path, modules: list[str]) -> None:
     """Refuse a model environment the 2.51 python stub cannot serve (numpy >= 2 crashes it on the first
-    string input) or that lacks what the python models import."""
+    string input) or that lacks `modules`, which the python models import."""
     probe = ("import importlib.util, numpy; print(numpy.__version__); "
-             "print(','.join(m for m in ('tokenizers', 'onnxruntime') if importlib.util.find_spec(m) is None))")
+             f"print(','.join(m for m in {modules!r} if importlib.util.find_spec(m) is None))")
     try:
         out = subprocess.run([str(env / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -261,7 +278,7 @@ def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port
     environ["VIRTUAL_ENV"] = str(env)
     environ.pop("PYTHONHOME", None)
     if install.pytriton_root is not None:
-        _check_model_env(env)
+        _check_model_env(env, _python_model_imports(repository))
         command.append(f"--backend-directory={_backend_dir(install, work)}")
         libraries = [str(p) for p in install.library_dirs] + [environ.get("LD_LIBRARY_PATH", "")]
         environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libraries if p)

@@ -5,8 +5,8 @@ these classes as `TritonPythonModel`, plus a copy of this package's torch-free p
 three reuse the in-process pipeline (`MegatronBertPipeline`) for validation, tokenization and
 post-processing; they differ only in what stands in for the graph:
 
-- `RuntimeModel`: the real runtime (`OrtMegatronBert` / `TRTMegatronBert`); `execute()` runs the
-  requests of a dynamic batch that share a method and options as ONE pipeline call.
+- `RuntimeModel`: the real runtime (`OrtMegatronBert` / `OvMegatronBert` / `TRTMegatronBert`);
+  `execute()` runs the requests of a dynamic batch that share a method and options as ONE pipeline call.
 - `TokenizeModel`: the pipeline up to the graph call, whose inputs it returns (padded to a bucket).
 - `PostprocessModel`: the pipeline with the graph outputs of the middle model replayed into it.
 
@@ -182,15 +182,18 @@ class _PythonModel:
 
 # ---------------------------------------------------------------------------- layout "python"
 class RuntimeModel(_PythonModel):
-    """The whole task in one model: `OrtMegatronBert` on CPU, `TRTMegatronBert` for an engine on a GPU."""
+    """The whole task in one model: `OrtMegatronBert` or `OvMegatronBert` on CPU, `TRTMegatronBert` for
+    an engine on a GPU."""
 
     def load(self) -> None:
-        from ..runtime import OrtMegatronBert, TRTMegatronBert
+        from ..runtime import OrtMegatronBert, OvMegatronBert, TRTMegatronBert
 
         folder = self.folder / ARTIFACT_DIR
         backend = self.parameters.get("backend", "onnxruntime")
         if backend == "tensorrt":
             self.pipeline = TRTMegatronBert(folder)
+        elif backend == "openvino":  # the build's inference precision (build.json), compiled blob cached beside it
+            self.pipeline = OvMegatronBert(folder, threads=self.intra_op_threads())
         else:
             import onnxruntime
 
@@ -201,7 +204,7 @@ class RuntimeModel(_PythonModel):
         self.largest_call = 0
 
     def intra_op_threads(self) -> int:
-        """ONNX Runtime threads of this instance: the config's, else this machine's cores over the instances.
+        """ONNX Runtime / OpenVINO threads of this instance: the config's, else this machine's cores over the instances.
 
         Instances that split the cores beat one instance over all of them (demo MLM, 2 cores, 8 clients:
         2 x 1 thread 729 requests/s, 1 x 2 threads 476): a multi-threaded call in a server waits for
