@@ -408,7 +408,7 @@ def run_triton(args: argparse.Namespace) -> int:
     entries = write_repository(args.artifacts, args.repository, names=args.name, overwrite=args.overwrite,
                                **_repository_options(args))
     for entry in entries:
-        print(f"{args.repository}/{entry.name}: {entry.kind}" + (f" ({', '.join(entry.files)})" if entry.files else ""))
+        print(f"{args.repository}/{entry.name}: {entry.describe()}" + (f" ({', '.join(entry.files)})" if entry.files else ""))
     return 0
 
 
@@ -469,7 +469,7 @@ def run_serve(args: argparse.Namespace) -> int:
                 progress("serve: interrupted while starting")
                 return 130
             name = entries[-1].name
-            print(f"serving {args.artifact} as model {name!r}:\n  HTTP    http://{server.http_url}/v2/models/{name}\n"
+            print(f"serving {args.artifact} as model {name!r} ({entries[-1].describe()}):\n  HTTP    http://{server.http_url}/v2/models/{name}\n"
                   f"  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}\n"
                   f"  client  TritonMegatronBert({server.http_url!r}, {name!r})\nCtrl-C stops.", flush=True)
             interrupted = False

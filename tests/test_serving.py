@@ -407,6 +407,8 @@ def test_triton_command_writes_a_repository_and_reports_errors(artifacts, tmp_pa
     assert main(["triton", str(artifacts["question-answering"]), "--repository", str(tmp_path / "qa"),
                  "--layout", "ensemble"]) == 2
     assert "use --layout python" in capsys.readouterr().err and not (tmp_path / "qa").exists()
+    assert main(["triton", str(artifacts["mlm"]), "--repository", str(tmp_path / "py"), "--name", "mlm"]) == 0
+    assert "py/mlm: python running onnxruntime (model.onnx, " in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------- OpenVINO build, python layout
@@ -425,6 +427,7 @@ def test_openvino_build_is_served_on_openvino(server_env, tmp_path):
     repository = tmp_path / "repository"
     entry = write_repository([built], repository, names=["mlm"], threads=1, instances=1)[0]
     assert parse_config(entry.config).parameters["backend"].string_value == "openvino"
+    assert entry.describe() == "python running openvino"
     assert _python_model_imports(repository) == ["openvino", "tokenizers"]
     with pytest.raises(ValueError, match="for OpenVINO use --layout python"):
         write_repository([built], tmp_path / "ensemble", layout="ensemble", backend="openvino")

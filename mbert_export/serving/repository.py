@@ -65,6 +65,12 @@ class ModelEntry:
     kind: str
     config: str
     files: list[str] = field(default_factory=list)
+    #: python layout: the runtime its model runs (onnxruntime, openvino or tensorrt).
+    runtime: str = ""
+
+    def describe(self) -> str:
+        """e.g. "python running openvino" or "onnxruntime_onnx"."""
+        return self.kind + (f" running {self.runtime}" if self.runtime else "")
 
 
 # ---------------------------------------------------------------------------- graph inputs/outputs
@@ -230,7 +236,7 @@ def _write_python_layout(root: Path, name: str, artifact: Artifact, options: dic
         files.remove(artifact.engine_path)
     for src in files:
         _link_or_copy(src, folder / "1" / ARTIFACT_DIR / src.name)
-    return [ModelEntry(name, "python", config, [p.name for p in files])]
+    return [ModelEntry(name, "python", config, [p.name for p in files], runtime=backend)]
 
 
 def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: dict[str, Any]) -> list[ModelEntry]:
