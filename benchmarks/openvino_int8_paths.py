@@ -38,16 +38,21 @@ WEIGHT_ONLY_ROWS = {"ov-int8-weights": {}, "ov-int8-weights-no-dq": {"DYNAMIC_QU
 
 
 def weight_only_graph(fp32_graph: Path, model_name: str, say) -> Path | None:
-    """The FP32 graph with int8 weights (NNCF), saved once as OpenVINO IR; None when nncf is missing."""
-    target = ARTIFACTS_DIR / model_name / "ov-int8-weights" / "model.xml"
-    if target.exists():
-        return target
+    """The FP32 graph with int8 weights (NNCF) as OpenVINO IR, saved once per FP32 graph and NNCF
+    version; None when nncf is missing."""
     try:
         import nncf
     except ImportError:
         say("openvino_int8_paths: ov-int8-weights rows skipped (pip install nncf)")
         return None
     import openvino
+
+    from mbert_export.runtime.openvino.loader import graph_sha256
+
+    key = f"nncf-{nncf.__version__}-openvino-{openvino.__version__.split('-')[0]}-{graph_sha256(fp32_graph)[:16]}"
+    target = ARTIFACTS_DIR / model_name / "ov-int8-weights" / key / "model.xml"
+    if target.exists():
+        return target
 
     say(f"openvino_int8_paths: compressing the weights of {fp32_graph} to int8 with NNCF {nncf.__version__}")
     compressed = nncf.compress_weights(openvino.Core().read_model(str(fp32_graph)),
@@ -68,24 +73,27 @@ def _nncf_version() -> str | None:
     return nncf.__version__
 
 
-def weight_only_runners(graph: Path, threads: int, say) -> dict:
+def weight_only_runners(graph: Path, threads: int, say) -> tuple[dict, dict]:
+    """(runners, row -> the dynamic quantization group size it was compiled with)."""
     import openvino
 
     from mbert_export.runtime.openvino import OpenVinoBackend
 
-    runners = {}
-    default_group = openvino.Core().get_property("CPU", "DYNAMIC_QUANTIZATION_GROUP_SIZE")
+    runners, groups = {}, {}
+    default_group = int(openvino.Core().get_property("CPU", "DYNAMIC_QUANTIZATION_GROUP_SIZE"))
     for name, config in WEIGHT_ONLY_ROWS.items():
         backend = OpenVinoBackend(graph, inference_precision="f32", threads=threads, cache_dir=False, config=config)
-        group = config.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", default_group)
-        say(f"openvino_int8_paths: {name} = {backend.describe()}, dynamic quantization group size {group}")
+        groups[name] = config.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", default_group)
+        say(f"openvino_int8_paths: {name} = {backend.describe()}, dynamic quantization group size {groups[name]}")
         runners[name] = lambda feeds, b=backend: b.infer(feeds)["logits"]
-    return runners
+    return runners, groups
 
 
 def markdown(report: dict) -> str:
+    groups = ", ".join(f"{row} {size}" for row, size in report.get("dynamic_quantization_group_size", {}).items())
     lines = [f"OpenVINO INT8 paths on `{report['model']}`, {machine_line(report['machine'])}, nncf "
-             f"{report['nncf'] or 'not installed'}; median of "
+             f"{report['nncf'] or 'not installed'}"
+             + (f" (dynamic quantization group size: {groups}; 0 = off)" if groups else "") + "; median of "
              f"{report['repeats']} interleaved rounds; speedup against PyTorch FP32 and ratio against ONNX Runtime's "
              "dynamic INT8 recipe, both measured in this run.", "",
              "| batch x seq | row | median ms | speedup vs PyTorch FP32 | vs ort-int8-dynamic | "
@@ -120,11 +128,14 @@ def main() -> int:
     graphs = prepare_graphs(model, args.model, checkpoint, BENCH_ROWS, say)
     runners = make_runners(model, graphs, BENCH_ROWS, args.threads, say)
     weights = weight_only_graph(graphs["ort-fp32"], args.model, say)
+    groups: dict = {}
     if weights is not None:
-        runners.update(weight_only_runners(weights, args.threads, say))
+        weight_runners, groups = weight_only_runners(weights, args.threads, say)
+        runners.update(weight_runners)
     name = "openvino-int8-paths" + (f"-{args.name}" if args.name else "")
     report = {"name": name, "model": args.model, "repeats": args.repeats, "machine": machine_info(args.threads),
-              "nncf": _nncf_version(), "results": [], "held_out_agreement": None}
+              "nncf": _nncf_version(), "dynamic_quantization_group_size": groups, "results": [],
+              "held_out_agreement": None}
     say(f"openvino_int8_paths: {machine_line(report['machine'])}")
     rng = np.random.default_rng(0)
     for batch, seq in shapes:

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -223,6 +224,40 @@ def test_engine_folders_get_tensorrt_configs(artifacts, tmp_path):
     assert not (tmp_path / "cpu" / "engine" / "1" / "artifact" / "engine.plan").exists()
 
 
+def test_auto_backend_follows_the_build_and_the_server_env_check_follows_the_models(artifacts, tmp_path,
+                                                                                    monkeypatch):
+    """`auto`: an OpenVINO build runs on OpenVINO in the python layout (the ensemble's middle model stays
+    onnxruntime_onnx); a TensorRT build without its engine file runs its graph on ONNX Runtime. The
+    server-env check asks for each python model's runtime, and skips a config Triton would refuse."""
+    _tritonclient()
+    from mbert_export.serving.repository import parse_config, write_repository
+    from mbert_export.serving.server import _python_model_imports
+
+    def build_of(backend: str, **extra) -> Path:
+        folder = tmp_path / f"{backend}-build"
+        shutil.copytree(artifacts["mlm"], folder)
+        (folder / "build.json").write_text(json.dumps({"task": "mlm", "precision": "fp32", "backend": backend,
+                                                       **extra}))
+        return folder
+
+    openvino, tensorrt = build_of("openvino"), build_of("tensorrt", engine="engine.plan")
+    entries = write_repository([openvino, tensorrt, artifacts["mlm"]], tmp_path / "repo", names=["ov", "trt", "ort"])
+    assert [e.describe() for e in entries] == ["python running openvino", "python running onnxruntime",
+                                               "python running onnxruntime"]
+    groups = [parse_config(e.config).instance_group[0] for e in entries]
+    assert [g.kind for g in groups] == [groups[0].KIND_CPU] * 3
+    assert _python_model_imports(tmp_path / "repo") == {"tokenizers": "tokenizers", "onnxruntime": "onnxruntime",
+                                                        "openvino": "openvino>=2026.4,<2027"}
+    (tmp_path / "repo" / "ort" / "config.pbtxt").write_text("backend: python\nno_such_field: 1\n")
+    (tmp_path / "repo" / "trt" / "config.pbtxt").unlink()
+    assert sorted(_python_model_imports(tmp_path / "repo")) == ["openvino", "tokenizers"]
+    monkeypatch.setitem(sys.modules, "tritonclient.grpc", None)  # no tritonclient: what any repository needs
+    assert sorted(_python_model_imports(tmp_path / "repo")) == ["onnxruntime", "tokenizers"]
+    monkeypatch.undo()
+    ensemble = {e.name: e for e in write_repository([openvino], tmp_path / "ensemble", layout="ensemble")}
+    assert ensemble["openvino-build_model"].kind == "onnxruntime_onnx"
+
+
 def test_bad_repository_requests_write_nothing(artifacts, tmp_path):
     from mbert_export.serving.repository import write_repository
 
@@ -428,7 +463,7 @@ def test_openvino_build_is_served_on_openvino(server_env, tmp_path):
     entry = write_repository([built], repository, names=["mlm"], threads=1, instances=1)[0]
     assert parse_config(entry.config).parameters["backend"].string_value == "openvino"
     assert entry.describe() == "python running openvino"
-    assert _python_model_imports(repository) == ["openvino", "tokenizers"]
+    assert sorted(_python_model_imports(repository)) == ["openvino", "tokenizers"]
     with pytest.raises(ValueError, match="for OpenVINO use --layout python"):
         write_repository([built], tmp_path / "ensemble", layout="ensemble", backend="openvino")
     with OvMegatronBert(built) as oracle, start_server(repository, python_env=server_env, timeout=180) as server:
@@ -457,7 +492,6 @@ def test_serve_command_serves_until_stopped(server_env, artifacts, runtimes, sto
     models; SIGKILL (no cleanup possible) still takes the server and its models down with it."""
     import signal
     import subprocess
-    import sys
 
     env = server_env
     command = [sys.executable, "-m", "mbert_export", "serve", str(artifacts["mlm"]), "--name", "mlm",
@@ -573,8 +607,6 @@ def test_runtime_model_runs_a_dynamic_batch_as_one_call(artifacts, runtimes, tmp
 
 
 def test_server_environment_problems_are_named(tmp_path):
-    import sys
-
     from mbert_export.serving.server import ServerError, _check_model_env, find_tritonserver, start_server
 
     with pytest.raises(ServerError, match="not a Python environment"):
@@ -585,7 +617,8 @@ def test_server_environment_problems_are_named(tmp_path):
 
     if int(numpy.__version__.split(".")[0]) >= 2:  # this test env's numpy: refused as a model env
         with pytest.raises(ServerError, match="crashes on string inputs with numpy 2"):
-            _check_model_env(Path(sys.prefix), ["tokenizers"])
+            _check_model_env(Path(sys.prefix), {"tokenizers": "tokenizers"})
     if SERVER_ENV:  # a runtime the python models name but the env lacks (e.g. openvino): named, with the fix
-        with pytest.raises(ServerError, match="lacks no_such_runtime, which the python models import: pip install"):
-            _check_model_env(Path(SERVER_ENV), ["tokenizers", "no_such_runtime"])
+        with pytest.raises(ServerError, match="lacks no_such_runtime, which the python models import: "
+                                              r"\S+/bin/pip install 'no-such-runtime>=1,<2'"):
+            _check_model_env(Path(SERVER_ENV), {"tokenizers": "tokenizers", "no_such_runtime": "no-such-runtime>=1,<2"})

@@ -193,11 +193,18 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     return data
 
 
-def built_backend(sidecar: dict[str, Any], has_engine: bool = False) -> str:
+def built_backend(sidecar: dict[str, Any], has_engine: bool | None = None) -> str:
     """The runtime an artifact was built and checked for: TensorRT for an engine, else build.json's
-    "backend" (an OpenVINO build runs on OpenVINO), else ONNX Runtime."""
-    backend = "tensorrt" if has_engine or sidecar.get("engine") else sidecar.get("backend", "onnxruntime")
-    return backend if backend in RUNTIME_BACKENDS else "onnxruntime"
+    "backend" (an OpenVINO build runs on OpenVINO), else ONNX Runtime.
+
+    has_engine: whether the engine file is at hand (None: as build.json says). Without it a TensorRT
+    build's graph runs on ONNX Runtime."""
+    if has_engine is None:
+        has_engine = bool(sidecar.get("engine"))
+    if has_engine:
+        return "tensorrt"
+    backend = sidecar.get("backend")
+    return backend if backend in RUNTIME_BACKENDS and backend != "tensorrt" else "onnxruntime"
 
 
 def _int_or_none(value: Any, what: str, where: Path) -> int | None:

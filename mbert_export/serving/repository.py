@@ -343,10 +343,11 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
                      overwrite: bool = False) -> list[ModelEntry]:
     """Write a Triton model repository serving `artifacts` to `repository` (atomically).
 
-    names: one model name per artifact (default: the artifact folder's name). backend: "auto"
-    (TensorRT for an engine folder, else the backend of the artifact's build.json, else ONNX Runtime),
-    "onnxruntime", "tensorrt" or "openvino" (python layout only; the ensemble's middle model is
-    onnxruntime_onnx or tensorrt_plan). instances: instance_group count (default: 2 on CPU, 1 per GPU).
+    names: one model name per artifact (default: the artifact folder's name). backend of the python
+    layout's model: "auto" (TensorRT for an engine folder, else the backend of the artifact's
+    build.json, else ONNX Runtime), "onnxruntime", "tensorrt" or "openvino". The ensemble's middle
+    model is tensorrt_plan ("auto" with an engine, or "tensorrt") or onnxruntime_onnx (anything else
+    but "openvino", which it refuses). instances: instance_group count (default: 2 on CPU, 1 per GPU).
     threads: ONNX Runtime / OpenVINO threads per instance in the python layout (0: the serving
     machine's cores divided by the instances).
     max_queue_delay_us: how long the dynamic batcher waits for more requests; 0 (default) batches what

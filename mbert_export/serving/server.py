@@ -109,27 +109,42 @@ def _backend_dir(install: ServerInstall, workdir: Path) -> Path:
     return workdir / "backends"
 
 
-def _python_model_imports(repository: Path) -> list[str]:
-    """What the python models of `repository` import besides numpy: tokenizers, and the runtime
-    (onnxruntime, openvino or tensorrt) each python-layout model names in its "backend" parameter."""
-    from .repository import parse_config
+#: What the python models import for each runtime (module -> pip requirement).
+RUNTIME_MODULES = {"onnxruntime": {"onnxruntime": "onnxruntime"},
+                   "openvino": {"openvino": "openvino>=2026.4,<2027"},
+                   "tensorrt": {"tensorrt": "tensorrt", "cuda": "cuda-python"}}
+#: Without tritonclient to read the configs: what the python models need at least (the old check).
+DEFAULT_MODULES = {"tokenizers": "tokenizers", **RUNTIME_MODULES["onnxruntime"]}
 
-    needs = {"tokenizers"}
+
+def _python_model_imports(repository: Path) -> dict[str, str]:
+    """module -> pip requirement of what the python models of `repository` import besides numpy:
+    tokenizers, and the runtime each python-layout model names in its "backend" parameter (as
+    `RuntimeModel.load` reads it: anything else is ONNX Runtime)."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2  # noqa: F401 - what parse_config needs
+
+        from .repository import parse_config
+    except ImportError:  # no tritonclient here: check what any repository needs
+        return dict(DEFAULT_MODULES)
+    needs = {"tokenizers": "tokenizers"}
     for config_file in sorted(repository.glob("*/config.pbtxt")):
         try:
             config = parse_config(config_file.read_text(encoding="utf-8"))
-        except Exception:  # noqa: BLE001 - tritonserver reports a bad config itself, with its name
-            continue
+        except (OSError, UnicodeDecodeError, text_format.ParseError):
+            continue  # tritonserver refuses that model itself, naming its config
         if config.backend == "python" and "backend" in config.parameters:
-            needs.add(config.parameters["backend"].string_value or "onnxruntime")
-    return sorted(needs)
+            runtime = config.parameters["backend"].string_value
+            needs.update(RUNTIME_MODULES.get(runtime, RUNTIME_MODULES["onnxruntime"]))
+    return needs
 
 
-def _check_model_env(env: Path, modules: list[str]) -> None:
+def _check_model_env(env: Path, modules: dict[str, str]) -> None:
     """Refuse a model environment the 2.51 python stub cannot serve (numpy >= 2 crashes it on the first
-    string input) or that lacks `modules`, which the python models import."""
+    string input) or that lacks `modules` (module -> pip requirement), which the python models import."""
     probe = ("import importlib.util, numpy; print(numpy.__version__); "
-             f"print(','.join(m for m in {modules!r} if importlib.util.find_spec(m) is None))")
+             f"print(','.join(m for m in {sorted(modules)!r} if importlib.util.find_spec(m) is None))")
     try:
         out = subprocess.run([str(env / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -141,7 +156,10 @@ def _check_model_env(env: Path, modules: list[str]) -> None:
         raise ServerError(f"{env} has numpy {version}: tritonserver 2.51's python stub crashes on string inputs "
                           "with numpy 2; install numpy<2 there (a venv of its own)")
     if missing:
-        raise ServerError(f"{env} lacks {missing}, which the python models import: pip install {missing.replace(',', ' ')}")
+        install = " ".join(f"'{modules[m]}'" if any(c in modules[m] for c in "<>=") else modules[m]
+                           for m in missing.split(","))
+        raise ServerError(f"{env} lacks {missing.replace(',', ', ')}, which the python models import: "
+                          f"{env / 'bin' / 'pip'} install {install}")
 
 
 class TritonServer:
