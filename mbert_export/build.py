@@ -409,7 +409,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
     profiles = make_profiles(batch, seq, config.max_position_embeddings, choices)
     max_seq = max(p.sequence[2] for p in profiles)
     start = time.perf_counter()
-    with atomic_dir(output_dir, overwrite=force) as stage:
+    with atomic_dir(output_dir, overwrite=force, inputs=[p for p in (checkpoint, calibration) if p]) as stage:
         fp32_path = stage / "fp32" / GRAPH_NAME
         exported = export_onnx(model, task, fp32_path, max_seq_len=max_seq, tokenizer_dir=checkpoint,
                                source=str(checkpoint), progress=say)

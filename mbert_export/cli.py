@@ -279,7 +279,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", help="the checkpoint the artifact was built from")
     source.add_argument("--reference-artifact", help="another artifact of the same task (e.g. the FP32 graph)")
     p.add_argument("--samples", type=int, default=32, help="held-out sentences to use (default 32)")
-    p.add_argument("--report", help="write the report here (.json, plus a .md beside it)")
+    p.add_argument("--report", help="write the report here (.json, plus a .md beside it), with either source")
     p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
                    help="backend for the artifact; auto (default): the one it was built for (build.json), "
                         "else onnxruntime")
@@ -301,6 +301,15 @@ def run_compare(args: argparse.Namespace) -> int:
             _open_runtime(args.artifact, _resolve_backend(args.artifact, args.backend)) as candidate:
         report = compare(reference, candidate)
     print(report.summary())
+    if args.report:
+        import json
+        from pathlib import Path
+
+        from .fileio import atomic_write_text
+
+        path = Path(args.report)
+        atomic_write_text(path, json.dumps(report.to_dict(), indent=1, default=float) + "\n")
+        atomic_write_text(path.with_suffix(".md"), report.summary() + "\n")
     return 0 if report.passed else 1
 
 
@@ -412,6 +421,17 @@ def run_triton(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """A TCP port number for argparse: 0 (any free port) to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a number from 0 (any free port) to 65535, got {text!r}")
+    return port
+
+
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve", help="serve an artifact with a local tritonserver (HTTP + gRPC) until Ctrl-C",
@@ -420,9 +440,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                     "one on PATH. Stops with its model processes on Ctrl-C or SIGTERM.")
     p.add_argument("artifact", help="artifact folder")
     p.add_argument("--name", help="model name (default: the artifact folder's name)")
-    p.add_argument("--http-port", type=int, default=8000)
-    p.add_argument("--grpc-port", type=int, default=8001)
-    p.add_argument("--metrics-port", type=int, default=8002)
+    p.add_argument("--http-port", type=_port, default=8000, help="0: a free port")
+    p.add_argument("--grpc-port", type=_port, default=8001, help="0: a free port")
+    p.add_argument("--metrics-port", type=_port, default=8002, help="0: a free port")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--python-env", help="virtual environment that runs the python models (numpy<2, tokenizers, "
                                         "onnxruntime, or openvino for an OpenVINO build; default "

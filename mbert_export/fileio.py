@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 #: Above this many weight bytes the tensors go to ONE external-data file beside the .onnx. Protobufs
 #: stop at 2 GiB, and well below that a single-file save costs two extra in-memory copies of the
@@ -49,15 +49,28 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield a temp folder beside `target`; it becomes `target` only if the block succeeds.
 
-    An existing non-empty `target` is refused unless `overwrite` (then it is replaced as a whole).
+    An existing non-empty `target` is refused unless `overwrite` (then it is replaced as a whole);
+    a `target` that is a file, or that is or holds one of `inputs` (what the block reads from, which
+    replacing it would destroy), is always refused.
     """
     target = Path(target)
-    if target.exists() and (not target.is_dir() or any(target.iterdir())) and not overwrite:
+    for source in inputs:
+        source = Path(source).resolve()
+        if source == target.resolve() or target.resolve() in source.parents:
+            relation = "is" if source == target.resolve() else "holds"
+            raise ValueError(f"the output folder {target} {relation} {source}, which this reads from: writing "
+                             "there would destroy it; choose another output folder")
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} is a file, not a folder; choose another output folder")
+    if target.exists() and any(target.iterdir()) and not overwrite:
         raise FileExistsError(f"{target} already exists and is not empty; choose another output "
                               "folder or pass overwrite=True (CLI: --overwrite)")
+    blocked = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise FileExistsError(f"cannot create {target}: {blocked} is a file, not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:

@@ -267,6 +267,15 @@ def test_output_folder_with_another_build_needs_force(checkpoint, tmp_path):
     assert (out / "engine.plan").read_bytes() == b"another build"
 
 
+def test_output_folder_holding_the_checkpoint_is_refused_even_with_force(checkpoint, tmp_path, capsys):
+    before = sorted(p.name for p in checkpoint.iterdir())
+    code = cli_main(["build", "--task", "mlm", "--fp32", "--checkpoint", str(checkpoint), "--output-dir",
+                     str(checkpoint), "--force", "--seq", "1,8,16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "which this reads from: writing there would destroy it" in err and "Traceback" not in err
+    assert sorted(p.name for p in checkpoint.iterdir()) == before
+
+
 def test_profiles_from_several_seq_ranges():
     profiles = make_profiles(["1,4,8"], ["1,64,128", "129,256,512"], 512)
     assert [p.sequence for p in profiles] == [(1, 64, 128), (129, 256, 512)]

@@ -575,6 +575,34 @@ def test_verify_passes_on_the_artifact_and_fails_when_tampered(build, tmp_path):
         rt.verify(tmp_path / "absent.npz")
 
 
+def test_unreadable_reference_files_are_named_not_tracebacks(build, tmp_path):
+    """A reference.npz that is truncated, corrupt, empty, with a bad meta entry or float token ids is
+    refused with its path and the fix; one with none of the task's outputs fails with the reason."""
+    source = build("mlm").folder
+    rt = build("mlm").runtime
+    good = (source / "reference.npz").read_bytes()
+    data = dict(np.load(source / "reference.npz"))
+    flipped = bytearray(good)
+    flipped[len(good) // 3] ^= 0xFF
+    cases = {"truncated": good[: len(good) // 2], "crc": bytes(flipped), "empty": b""}
+    for name, content in cases.items():
+        (tmp_path / f"{name}.npz").write_bytes(content)
+    np.savez(tmp_path / "meta.npz", **{**data, "meta": np.array("not json")})
+    np.savez(tmp_path / "metalist.npz", **{**data, "meta": np.array("[1, 2]")})
+    np.savez(tmp_path / "floatids.npz", **{**data, "input.input_ids": data["input.input_ids"].astype(np.float32)})
+    expected = {"truncated": "is not a readable reference file", "crc": "is not a readable reference file",
+                "empty": "is not a readable reference file", "meta": "'meta' entry is not JSON",
+                "metalist": "'meta' entry must be a JSON object", "floatids": "input_ids must hold integers"}
+    for name, message in expected.items():
+        with pytest.raises(ValueError, match=message) as caught:
+            rt.verify(tmp_path / f"{name}.npz")
+        assert f"{name}.npz" in str(caught.value) and "re-export the artifact" in str(caught.value)
+    np.savez(tmp_path / "nologits.npz", **{k: v for k, v in data.items() if k != "output.logits"},
+             **{"output.other": np.zeros(3, np.float32)})
+    report = rt.verify(tmp_path / "nologits.npz")
+    assert not report.passed and "hold none of task 'mlm''s outputs (logits)" in report.summary()
+
+
 def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):
     onnx = pytest.importorskip("onnx")
     source = build("mlm").folder
@@ -590,6 +618,13 @@ def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):
     assert rt16.precision == "fp16" and report.thresholds.min_top1 == 0.999 and report.passed
     report = compare(build("mlm").runtime, rt16)
     assert report.passed, report.summary()
+    from mbert_export.cli import main as cli_main  # the same comparison from the command line, with --report
+
+    written = tmp_path / "compare.json"
+    assert cli_main(["compare", "--artifact", str(fp16), "--reference-artifact", str(source), "--report",
+                     str(written)]) == 0
+    assert json.loads(written.read_text())["passed"] and json.loads(written.read_text())["precision"] == "fp16"
+    assert written.with_suffix(".md").read_text().strip().endswith("PASSED")
     meta = json.loads(str(np.load(source / "reference.npz")["meta"]))
     assert meta["task"] == "mlm" and meta["tokenized"] and "[MASK]" in meta["texts"][0]
 

@@ -171,6 +171,9 @@ def test_a_graph_openvino_cannot_compile_names_the_node(mlm, tmp_path):
         OvMegatronBert(tmp_path / "model.onnx", cache_dir=False)
     message = str(error.value)
     assert node.name in message and "com.example.FancyGelu" in message and "no conversion rule" in message
+    with pytest.raises(OpenVinoCompileError):  # with the default cache: no empty cache folder is left behind
+        OvMegatronBert(tmp_path / "model.onnx")
+    assert not (tmp_path / "openvino-cache").exists()
 
 
 def test_threads_give_the_serial_results_and_close_is_final(mlm):

@@ -276,6 +276,50 @@ def test_bad_repository_requests_write_nothing(artifacts, tmp_path):
         write_repository([artifacts["mlm"]], tmp_path / "r")
 
 
+def test_bad_artifacts_and_options_get_their_own_errors(artifacts, tmp_path):
+    """What is wrong is named (not a traceback, not "no TensorRT engine"), and nothing is destroyed."""
+    from mbert_export.runtime import ArtifactError
+    from mbert_export.serving.repository import write_repository
+
+    def copy(name: str, **build_json) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(artifacts["mlm"], folder)
+        if build_json:
+            (folder / "build.json").write_text(json.dumps({"task": "mlm", "precision": "fp32", **build_json}))
+        return folder
+
+    artifact = copy("artifact")
+    before = sorted(p.name for p in artifact.iterdir())
+    for target in (artifact, tmp_path):  # the artifact's folder, or one that holds it: refused, even with overwrite
+        with pytest.raises(ValueError, match="which this reads from: writing there would destroy it"):
+            write_repository([artifact], target, overwrite=True)
+    assert sorted(p.name for p in artifact.iterdir()) == before
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file, not a folder"):
+        write_repository([artifact], tmp_path / "a-file", overwrite=True)
+    with pytest.raises(FileExistsError, match="a-file is a file, not a folder"):
+        write_repository([artifact], tmp_path / "a-file" / "sub")
+    assert (tmp_path / "a-file").read_text() == "x" and not list(tmp_path.glob(".a-file*"))
+    empty = copy("empty-graph")
+    (empty / "model.onnx").write_bytes(b"")
+    with pytest.raises(ArtifactError, match="model.onnx is not an ONNX model"):
+        write_repository([empty], tmp_path / "r")
+    bad_build_json = {"task": ["mlm"], "profiles": [{"batch": 5}], "openvino": "x", "max_batch": 1e30}
+    messages = {"task": "task must be a task name", "profiles": "'profiles' must be a list of objects",
+                "openvino": "'openvino' must be a JSON object", "max_batch": "max_batch must be between 1 and"}
+    for key, value in bad_build_json.items():
+        folder = copy(f"bad-{key}", **{key: value})
+        with pytest.raises(ArtifactError, match=messages[key]):
+            write_repository([folder], tmp_path / "r")
+    with pytest.raises(ArtifactError, match="max_batch must be an integer, got 2.7"):
+        write_repository([copy("fractional", max_batch=2.7)], tmp_path / "r")
+    with pytest.raises(ArtifactError, match="has no TensorRT engine"):
+        write_repository([artifact], tmp_path / "r", layout="ensemble", backend="tensorrt")
+    with pytest.raises(ValueError, match="instances must be an integer from 1 to 2147483647"):
+        write_repository([artifact], tmp_path / "r", instances=2**31)
+    assert not (tmp_path / "r").exists()
+
+
 # ---------------------------------------------------------------------------- python layout, real server
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize("task", TASKS)
@@ -432,6 +476,36 @@ def test_ensemble_tokenize_and_postprocess_run_for_real(server_env, artifacts, r
 
 
 # ---------------------------------------------------------------------------- command line
+def test_a_model_that_fails_to_load_is_named_first(server_env, artifacts, tmp_path):
+    """The server's reason for a model it could not load leads the error, not 40 lines of log."""
+    from mbert_export.serving.repository import write_repository
+    from mbert_export.serving.server import ServerError, start_server
+
+    repository = tmp_path / "repository"
+    write_repository([artifacts["mlm"]], repository, names=["mlm"], instances=1, threads=1)
+    graph = repository / "mlm" / "1" / "artifact" / "model.onnx"
+    graph.unlink()  # it may be a hard link to the shared artifact: replace it, never truncate it
+    graph.write_bytes(b"")
+    with pytest.raises(ServerError) as caught:
+        start_server(repository, python_env=server_env, timeout=120)
+    first = str(caught.value).splitlines()[0]
+    assert first.startswith("tritonserver exited with status 1: model 'mlm' (version 1) failed to load: ")
+    assert "model.onnx is not an ONNX model" in first
+    assert _processes_mentioning(str(repository)) == []
+
+
+def test_serve_refuses_bad_ports_before_starting(capsys):
+    from mbert_export.cli import main
+    from mbert_export.serving.server import ServerError, start_server
+
+    for port in ("-1", "70000", "http"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["serve", "artifact", "--http-port", port])
+        assert exit_.value.code == 2 and "a port is a number from 0 (any free port) to 65535" in capsys.readouterr().err
+    with pytest.raises(ServerError, match=r"ports are numbers from 0 \(any free port\) to 65535, got \[70000\]"):
+        start_server("repository", grpc_port=70000)
+
+
 def test_triton_command_writes_a_repository_and_reports_errors(artifacts, tmp_path, capsys):
     from mbert_export.cli import main
 

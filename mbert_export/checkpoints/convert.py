@@ -244,7 +244,7 @@ def _convert(src: Path, dst: Path, work: Path, *, vocab: str | Path | None, lowe
     hf_config = MegatronBertConfig(**config)
     entries = merge_plan(shards, config, layers, optional)
     check_shapes(entries, config, shards[0].label)
-    with atomic_dir(dst, overwrite=overwrite) as tmp:
+    with atomic_dir(dst, overwrite=overwrite, inputs=[p for p in (src, vocab) if p is not None]) as tmp:
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         say(progress, f"writing {SAFE_WEIGHTS_NAME} ({len(entries)} tensors)")

@@ -207,15 +207,21 @@ def built_backend(sidecar: dict[str, Any], has_engine: bool | None = None) -> st
     return backend if backend in RUNTIME_BACKENDS and backend != "tensorrt" else "onnxruntime"
 
 
+#: Largest size a recorded limit may have (Triton's and TensorRT's dims are 32-bit).
+MAX_DIM = 2**31 - 1
+
+
 def _int_or_none(value: Any, what: str, where: Path) -> int | None:
     if value is None or value == "":
         return None
     try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
         number = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ArtifactError(f"{where}: {what} must be an integer, got {value!r}") from None
-    if number <= 0:
-        raise ArtifactError(f"{where}: {what} must be positive, got {number}")
+    if not 0 < number <= MAX_DIM:
+        raise ArtifactError(f"{where}: {what} must be between 1 and {MAX_DIM}, got {number}")
     return number
 
 
@@ -263,6 +269,22 @@ def _locate(path: Path, want: str) -> tuple[Path, Path | None, Path | None, Path
     return folder, onnx_path, engine_path, sidecar
 
 
+def _check_sidecar_types(sidecar: dict[str, Any], where: Path | None) -> None:
+    """Refuse a build.json whose structured entries have the wrong shape (say which and what it holds)."""
+    for key in ("openvino", "metadata"):
+        if key in sidecar and not isinstance(sidecar[key], dict):
+            raise ArtifactError(f"{where}: {key!r} must be a JSON object, got {sidecar[key]!r}; rebuild the artifact")
+    profiles = sidecar.get("profiles")
+    if profiles is None:
+        return
+    for profile in profiles if isinstance(profiles, list) else [profiles]:
+        sizes = list(profile.values()) if isinstance(profile, dict) else [None]
+        if not all(isinstance(v, list) and len(v) == 3 and all(isinstance(n, int) and not isinstance(n, bool)
+                                                               and 0 < n <= MAX_DIM for n in v) for v in sizes):
+            raise ArtifactError(f"{where}: 'profiles' must be a list of objects mapping each axis to [min, opt, max] "
+                                f"positive integers, got {profiles!r}; rebuild the artifact")
+
+
 def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
     """Read the artifact at `path` for a backend that wants an "onnx" graph or an "engine"."""
     path = Path(path)
@@ -276,7 +298,10 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
         metadata.update({str(k): str(v) for k, v in sidecar["metadata"].items()})
     where = onnx_path or sidecar_path or path
 
+    _check_sidecar_types(sidecar, sidecar_path)
     task_name = sidecar.get("task") or metadata.get(PREFIX + "task")
+    if not isinstance(task_name, (str, type(None))):
+        raise ArtifactError(f"{where}: task must be a task name, got {task_name!r}")
     if not task_name:
         raise ArtifactError(f"{where} does not say which task it was exported for (no {PREFIX}task metadata): "
                             "export it with mbert-export export, which records the task")
@@ -292,6 +317,9 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
             config = json.loads(metadata[PREFIX + "config"])
         except json.JSONDecodeError:
             raise ArtifactError(f"{where}: the {PREFIX}config metadata is not valid JSON") from None
+        if not isinstance(config, dict):
+            raise ArtifactError(f"{where}: the {PREFIX}config metadata must be a JSON object, got "
+                                f"{type(config).__name__}")
     id2label_raw = config.get("id2label") or {}
     if metadata.get(PREFIX + "id2label"):
         try:

@@ -494,9 +494,12 @@ class MegatronBertPipeline:
         except (ValueError, RuntimeError) as exc:
             report.error = f"running the reference inputs failed: {exc}"
             return report
-        report.outputs = compare_outputs(self.task, inputs, {n: v for n, v in expected.items()
-                                                             if n in self.task.output_names},
-                                         got, limits, self.artifact.real_vocab_size)
+        expected = {n: v for n, v in expected.items() if n in self.task.output_names}
+        if not expected:
+            report.error = (f"the reference vectors hold none of task {self.task.name!r}'s outputs "
+                            f"({', '.join(self.task.output_names)}); re-export the artifact")
+            return report
+        report.outputs = compare_outputs(self.task, inputs, expected, got, limits, self.artifact.real_vocab_size)
         return report
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -141,14 +142,25 @@ def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, n
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path} is not a readable reference file ({exc}); re-export the artifact") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a readable reference file ({exc or type(exc).__name__}); "
+                         "re-export the artifact") from None
     inputs = {k[len(INPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(INPUT_PREFIX)}
     outputs = {k[len(OUTPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(OUTPUT_PREFIX)}
-    meta = json.loads(str(arrays[META_KEY])) if META_KEY in arrays else {}
+    try:
+        meta = json.loads(str(arrays[META_KEY])) if META_KEY in arrays else {}
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: its '{META_KEY}' entry is not JSON ({exc}); re-export the artifact") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: its '{META_KEY}' entry must be a JSON object, got {type(meta).__name__}; "
+                         "re-export the artifact")
     missing = [n for n in TEXT_INPUTS if n not in inputs]
     if missing or not outputs:
         raise ValueError(f"{path} lacks {', '.join(missing) or 'outputs'}; re-export the artifact")
+    not_integer = [n for n in TEXT_INPUTS if not np.issubdtype(inputs[n].dtype, np.integer)]
+    if not_integer:
+        raise ValueError(f"{path}: {', '.join(not_integer)} must hold integers, got "
+                         f"{inputs[not_integer[0]].dtype}; re-export the artifact")
     return inputs, outputs, meta
 
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..fileio import atomic_dir
-from ..runtime.artifact import ENGINE_FILE, RUNTIME_BACKENDS, Artifact, ArtifactError, built_backend, open_artifact
+from ..runtime.artifact import (ENGINE_FILE, MAX_DIM, RUNTIME_BACKENDS, Artifact, ArtifactError, built_backend,
+                                open_artifact)
 from ..runtime.pipeline import DEFAULT_MAX_BATCH
 from ..tasks import Task
 from .interface import RESULT, task_defaults, task_inputs
@@ -82,7 +83,13 @@ def graph_io(onnx_path: Path) -> tuple[list[tuple[str, str, list]], list[tuple[s
     except ImportError:
         onnx = None
     if onnx is not None:
-        model = onnx.load(str(onnx_path), load_external_data=False)
+        from google.protobuf.message import DecodeError
+
+        try:
+            model = onnx.load(str(onnx_path), load_external_data=False)
+        except (DecodeError, ValueError, OSError) as exc:
+            raise ArtifactError(f"{onnx_path} cannot be read as an ONNX graph ({type(exc).__name__}: {exc}); "
+                                "export the artifact again") from None
 
         def describe(values):
             return [(v.name, _ONNX_ELEM.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type)),
@@ -172,11 +179,15 @@ def _artifact_files(artifact: Artifact) -> list[Path]:
 
 # ---------------------------------------------------------------------------- the models
 def _open(path: str | os.PathLike) -> Artifact:
+    """The artifact at `path`: its graph, else (an engine-only folder) its engine."""
     path = Path(path)
     try:
         return open_artifact(path, "onnx")
-    except ArtifactError:
-        return open_artifact(path, "engine")
+    except ArtifactError as graph_error:
+        try:
+            return open_artifact(path, "engine")
+        except ArtifactError:
+            raise graph_error from None  # what is wrong with the graph or build.json, not "no engine"
 
 
 def _default_name(artifact: Artifact) -> str:
@@ -247,6 +258,8 @@ def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: d
         raise ValueError("the ensemble's middle model runs the graph on Triton's onnxruntime_onnx or tensorrt_plan; "
                          "for OpenVINO use --layout python")
     use_trt = options["backend"] == "tensorrt" or (options["backend"] == "auto" and artifact.engine_path is not None)
+    if use_trt and artifact.engine_path is None:
+        raise ArtifactError(f"{artifact.name} has no TensorRT engine ({ENGINE_FILE}); use --backend onnxruntime")
     if artifact.onnx_path is None:
         raise ArtifactError(f"{artifact.name} has no model.onnx: the repository takes the graph's inputs and "
                             "outputs from it")
@@ -359,12 +372,14 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
         raise ValueError(f"backend must be auto, {', '.join(RUNTIME_BACKENDS)}, got {backend!r}")
     if not artifacts:
         raise ValueError("give at least one artifact")
-    for what, value, low in (("instances", 1 if instances is None else instances, 1), ("max_queue_delay_us", max_queue_delay_us, 0),
-                             ("sequence_bucket", sequence_bucket, 1), ("threads", threads, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{what} must be an integer >= {low}, got {value!r}")
-    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in preferred_batch):
-        raise ValueError(f"preferred batch sizes must be positive integers, got {list(preferred_batch)}")
+    # Triton's schema holds these in 32-bit fields (the queue delay in 64 bits).
+    for what, value, low, high in (("instances", 1 if instances is None else instances, 1, MAX_DIM),
+                                   ("max_queue_delay_us", max_queue_delay_us, 0, 2**63 - 1),
+                                   ("sequence_bucket", sequence_bucket, 1, MAX_DIM), ("threads", threads, 0, MAX_DIM)):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    if any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_DIM for b in preferred_batch):
+        raise ValueError(f"preferred batch sizes must be integers from 1 to {MAX_DIM}, got {list(preferred_batch)}")
     opened = [_open(a) for a in artifacts]
     if names and len(names) != len(opened):
         raise ValueError(f"got {len(names)} name(s) for {len(opened)} artifact(s); give one --name per artifact")
@@ -378,7 +393,7 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
                    instances=instances, preferred_batch=list(preferred_batch), sequence_bucket=sequence_bucket,
                    threads=threads)
     entries: list[ModelEntry] = []
-    with atomic_dir(repository, overwrite=overwrite) as root:
+    with atomic_dir(repository, overwrite=overwrite, inputs=[a.folder for a in opened]) as root:
         for artifact, name in zip(opened, model_names):
             write = _write_ensemble_layout if layout == "ensemble" else _write_python_layout
             entries += write(root, name, artifact, options)

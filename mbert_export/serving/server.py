@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import shutil
 import signal
 import socket
@@ -193,6 +194,20 @@ class TritonServer:
         except OSError:
             return ""
 
+    def load_failures(self) -> list[str]:
+        """One line per model the server failed to load, from the model table of its log."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return []
+        rows = re.findall(r"^\|\s*(\S+)\s*\|\s*(\d+)\s*\|\s*UNAVAILABLE:\s*(.*?)\s*\|\s*$", text, re.MULTILINE)
+        return [f"model {name!r} (version {version}) failed to load: {reason}" for name, version, reason in rows]
+
+    def _failed(self, what: str) -> ServerError:
+        failures = self.load_failures()
+        return ServerError("\n".join(([f"{what}: " + failures[0]] + failures[1:]) if failures else [what])
+                           + f"\n--- the end of its log:\n{self.log()}")
+
     def processes(self) -> list[int]:
         """PIDs still alive in the server's process group (the server and its model stubs)."""
         pids = []
@@ -217,11 +232,11 @@ class TritonServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise ServerError(f"tritonserver exited with status {self.process.returncode}:\n{self.log()}")
+                raise self._failed(f"tritonserver exited with status {self.process.returncode}")
             if self.ready():
                 return
             time.sleep(0.1)
-        raise ServerError(f"tritonserver was not ready after {timeout:.0f} s:\n{self.log()}")
+        raise self._failed(f"tritonserver was not ready after {timeout:.0f} s")
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM to the server (it unloads its models, ending their stubs); SIGKILL to the group
@@ -279,6 +294,10 @@ def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port
     server ends when the thread that started it dies, even by SIGKILL: start it from one that outlives
     it (the main thread).
     """
+    bad_ports = [p for p in (http_port, grpc_port, metrics_port) if isinstance(p, bool) or not isinstance(p, int)
+                 or not 0 <= p <= 65535]
+    if bad_ports:
+        raise ServerError(f"ports are numbers from 0 (any free port) to 65535, got {bad_ports}")
     repository = Path(repository).resolve()
     if not repository.is_dir():
         raise ServerError(f"{repository} is not a model repository folder")

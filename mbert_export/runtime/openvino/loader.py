@@ -15,6 +15,7 @@ holds; one that cannot be created, or a miss in a read-only one, compiles withou
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -177,6 +178,11 @@ def compile_graph(onnx_path: str | os.PathLike, *, inference_precision: str | No
         except RuntimeError as exc:
             error = exc
     if error is not None:
+        if folder is not None:  # leave no empty cache folder behind for a graph that does not compile
+            made = [folder] + ([folder.parent] if cache_dir in (None, True) else [])
+            for empty in made:
+                with contextlib.suppress(OSError):
+                    empty.rmdir()  # only removes an empty folder
         raise OpenVinoCompileError(f"OpenVINO {openvino_version()} cannot compile {onnx_path}: "
                                    f"{diagnose(onnx_path, str(error))}") from None
     if "CACHE_DIR" in options:
