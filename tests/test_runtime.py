@@ -599,6 +599,8 @@ def test_unreadable_reference_files_are_named_not_tracebacks(build, tmp_path):
         assert f"{name}.npz" in str(caught.value) and "re-export the artifact" in str(caught.value)
     np.savez(tmp_path / "nologits.npz", **{k: v for k, v in data.items() if k != "output.logits"},
              **{"output.other": np.zeros(3, np.float32)})
+    with pytest.raises(ValueError, match="is a folder; pass the reference .npz file"):
+        rt.verify(tmp_path)
     report = rt.verify(tmp_path / "nologits.npz")
     assert not report.passed and "hold none of task 'mlm''s outputs (logits)" in report.summary()
 

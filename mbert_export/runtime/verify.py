@@ -136,6 +136,8 @@ class VerifyReport:
 def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
     """(inputs, outputs, meta) of a reference.npz."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass the reference .npz file (an artifact's is reference.npz)")
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: this artifact has no reference vectors; they are "
                                 "written at export time (mbert_export.reference.write_reference_vectors)")
