@@ -278,11 +278,13 @@ def _check_sidecar_types(sidecar: dict[str, Any], where: Path | None) -> None:
     if profiles is None:
         return
     for profile in profiles if isinstance(profiles, list) else [profiles]:
-        sizes = list(profile.values()) if isinstance(profile, dict) else [None]
+        axes = [profile.get(axis) for axis in ("batch", "sequence", "num_choices")
+                if axis in profile] if isinstance(profile, dict) else [None]
         if not all(isinstance(v, list) and len(v) == 3 and all(isinstance(n, int) and not isinstance(n, bool)
-                                                               and 0 < n <= MAX_DIM for n in v) for v in sizes):
-            raise ArtifactError(f"{where}: 'profiles' must be a list of objects mapping each axis to [min, opt, max] "
-                                f"positive integers, got {profiles!r}; rebuild the artifact")
+                                                               and 0 < n <= MAX_DIM for n in v) for v in axes):
+            raise ArtifactError(f"{where}: 'profiles' must be a list of objects mapping each axis (batch, sequence, "
+                                f"num_choices) to [min, opt, max] positive integers, got {profiles!r}; rebuild the "
+                                "artifact")
 
 
 def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
