@@ -317,6 +317,8 @@ def test_bad_artifacts_and_options_get_their_own_errors(artifacts, tmp_path):
         write_repository([artifact], tmp_path / "r", layout="ensemble", backend="tensorrt")
     with pytest.raises(ValueError, match="instances must be an integer from 1 to 2147483647"):
         write_repository([artifact], tmp_path / "r", instances=2**31)
+    with pytest.raises(ValueError, match="preferred batch size 64 exceeds the model's max_batch_size 32"):
+        write_repository([artifact], tmp_path / "r", preferred_batch=[8, 64])
     assert not (tmp_path / "r").exists()
 
 

@@ -127,7 +127,10 @@ def _scheduling(max_batch: int, instances: int | None, kind: str, dynamic: bool,
     count = instances or DEFAULT_INSTANCES[kind]
     text = f"instance_group [ {{ count: {count} kind: {kind} }} ]\n"
     if dynamic:
-        sizes = [b for b in preferred if 1 <= b <= max_batch]
+        sizes = sorted(set(preferred))
+        if sizes and sizes[-1] > max_batch:
+            raise ValueError(f"preferred batch size {sizes[-1]} exceeds the model's max_batch_size {max_batch} "
+                             "(from the artifact's profiles); give sizes up to it")
         listed = f" preferred_batch_size: [ {', '.join(map(str, sizes))} ]" if sizes else ""
         text += f"dynamic_batching {{{listed} max_queue_delay_microseconds: {delay_us} }}\n"
     return text
