@@ -602,7 +602,10 @@ def test_unreadable_reference_files_are_named_not_tracebacks(build, tmp_path):
     with pytest.raises(ValueError, match="is a folder; pass the reference .npz file"):
         rt.verify(tmp_path)
     report = rt.verify(tmp_path / "nologits.npz")
-    assert not report.passed and "hold none of task 'mlm''s outputs (logits)" in report.summary()
+    assert not report.passed and "lack logits of task 'mlm''s outputs (logits)" in report.summary()
+    np.save(tmp_path / "array.npy", data["input.input_ids"])
+    with pytest.raises(ValueError, match="array.npy is not a readable reference file \\(a single array"):
+        rt.verify(tmp_path / "array.npy")
 
 
 def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):

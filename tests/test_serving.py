@@ -311,13 +311,19 @@ def test_bad_artifacts_and_options_get_their_own_errors(artifacts, tmp_path):
         folder = copy(f"bad-{key}", **{key: value})
         with pytest.raises(ArtifactError, match=messages[key]):
             write_repository([folder], tmp_path / "r")
-    with pytest.raises(ArtifactError, match="max_batch must be an integer, got 2.7"):
+    with pytest.raises(ArtifactError, match="build.json: max_batch must be an integer, got 2.7"):
         write_repository([copy("fractional", max_batch=2.7)], tmp_path / "r")
+    engine_only = copy("engine-only", engine="engine.plan", max_batch=2**40)
+    (engine_only / "model.onnx").unlink()
+    (engine_only / "engine.plan").write_bytes(b"engine")
+    with pytest.raises(ArtifactError, match="engine-only/build.json") as caught:  # the engine side's own problem
+        write_repository([engine_only], tmp_path / "r")
+    assert "has no model.onnx" not in str(caught.value)
     with pytest.raises(ArtifactError, match="has no TensorRT engine"):
         write_repository([artifact], tmp_path / "r", layout="ensemble", backend="tensorrt")
     with pytest.raises(ValueError, match="instances must be an integer from 1 to 2147483647"):
         write_repository([artifact], tmp_path / "r", instances=2**31)
-    with pytest.raises(ValueError, match="preferred batch size 64 exceeds the model's max_batch_size 32"):
+    with pytest.raises(ValueError, match="preferred batch size 64 exceeds max_batch_size 32 of this artifact"):
         write_repository([artifact], tmp_path / "r", preferred_batch=[8, 64])
     assert not (tmp_path / "r").exists()
 

@@ -218,7 +218,7 @@ def _int_or_none(value: Any, what: str, where: Path) -> int | None:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError
         number = int(value)
-    except (TypeError, ValueError, OverflowError):
+    except (TypeError, ValueError):
         raise ArtifactError(f"{where}: {what} must be an integer, got {value!r}") from None
     if not 0 < number <= MAX_DIM:
         raise ArtifactError(f"{where}: {what} must be between 1 and {MAX_DIM}, got {number}")
@@ -303,7 +303,8 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
     _check_sidecar_types(sidecar, sidecar_path)
     task_name = sidecar.get("task") or metadata.get(PREFIX + "task")
     if not isinstance(task_name, (str, type(None))):
-        raise ArtifactError(f"{where}: task must be a task name, got {task_name!r}")
+        raise ArtifactError(f"{sidecar_path if sidecar.get('task') else where}: task must be a task name, "
+                            f"got {task_name!r}")
     if not task_name:
         raise ArtifactError(f"{where} does not say which task it was exported for (no {PREFIX}task metadata): "
                             "export it with mbert-export export, which records the task")
@@ -344,8 +345,11 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
     if real > vocab_size:
         raise ArtifactError(f"{where}: real_vocab_size {real} is larger than vocab_size {vocab_size}")
     positions = _int_or_none(config.get("max_position_embeddings"), "max_position_embeddings", where) or 512
-    max_seq = _int_or_none(sidecar.get("max_seq_len") or metadata.get(PREFIX + "max_seq_len"), "max_seq_len", where)
-    max_batch = _int_or_none(sidecar.get("max_batch") or metadata.get(PREFIX + "max_batch"), "max_batch", where)
+    limits = {}
+    for key in ("max_seq_len", "max_batch"):  # build.json's, else the graph's metadata
+        source = sidecar_path if sidecar.get(key) else where
+        limits[key] = _int_or_none(sidecar.get(key) or metadata.get(PREFIX + key), key, source)
+    max_seq, max_batch = limits["max_seq_len"], limits["max_batch"]
 
     tokenizer_files = [folder / name for name in
                        ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")

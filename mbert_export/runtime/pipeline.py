@@ -494,11 +494,12 @@ class MegatronBertPipeline:
         except (ValueError, RuntimeError) as exc:
             report.error = f"running the reference inputs failed: {exc}"
             return report
-        expected = {n: v for n, v in expected.items() if n in self.task.output_names}
-        if not expected:
-            report.error = (f"the reference vectors hold none of task {self.task.name!r}'s outputs "
-                            f"({', '.join(self.task.output_names)}); re-export the artifact")
+        missing = [n for n in self.task.output_names if n not in expected]
+        if missing:
+            report.error = (f"the reference vectors lack {', '.join(missing)} of task {self.task.name!r}'s "
+                            f"outputs ({', '.join(self.task.output_names)}); re-export the artifact")
             return report
+        expected = {n: expected[n] for n in self.task.output_names}
         report.outputs = compare_outputs(self.task, inputs, expected, got, limits, self.artifact.real_vocab_size)
         return report
 

@@ -142,10 +142,13 @@ def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, n
         raise FileNotFoundError(f"{path} does not exist: this artifact has no reference vectors; they are "
                                 "written at export time (mbert_export.reference.write_reference_vectors)")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("a single array, not an .npz archive")
+        with data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a readable reference file ({exc or type(exc).__name__}); "
+        raise ValueError(f"{path} is not a readable reference file ({str(exc) or type(exc).__name__}); "
                          "re-export the artifact") from None
     inputs = {k[len(INPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(INPUT_PREFIX)}
     outputs = {k[len(OUTPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(OUTPUT_PREFIX)}

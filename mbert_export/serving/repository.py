@@ -129,8 +129,9 @@ def _scheduling(max_batch: int, instances: int | None, kind: str, dynamic: bool,
     if dynamic:
         sizes = sorted(set(preferred))
         if sizes and sizes[-1] > max_batch:
-            raise ValueError(f"preferred batch size {sizes[-1]} exceeds the model's max_batch_size {max_batch} "
-                             "(from the artifact's profiles); give sizes up to it")
+            raise ValueError(f"preferred batch size {sizes[-1]} exceeds max_batch_size {max_batch} of this "
+                             "artifact (build.json's max_batch or profiles, else the runtime's default); give "
+                             "sizes up to it")
         listed = f" preferred_batch_size: [ {', '.join(map(str, sizes))} ]" if sizes else ""
         text += f"dynamic_batching {{{listed} max_queue_delay_microseconds: {delay_us} }}\n"
     return text
@@ -187,10 +188,13 @@ def _open(path: str | os.PathLike) -> Artifact:
     try:
         return open_artifact(path, "onnx")
     except ArtifactError as graph_error:
+        folder = path if path.is_dir() else path.parent
+        if path.suffix == ".onnx" or (folder / "model.onnx").exists():
+            raise  # what is wrong with the graph or build.json, not "no engine"
         try:
             return open_artifact(path, "engine")
-        except ArtifactError:
-            raise graph_error from None  # what is wrong with the graph or build.json, not "no engine"
+        except ArtifactError as engine_error:  # an engine folder: its own problem, else the graph's
+            raise (graph_error if "no TensorRT engine" in str(engine_error) else engine_error) from None
 
 
 def _default_name(artifact: Artifact) -> str:
