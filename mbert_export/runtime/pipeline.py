@@ -489,17 +489,17 @@ class MegatronBertPipeline:
             report.error = (f"the reference vectors are for task {meta['task']!r}, the artifact for "
                             f"{self.task.name!r}")
             return report
+        missing = [n for n in self.task.output_names if n not in expected]
+        if missing:  # known before running anything
+            report.error = (f"the reference vectors lack {', '.join(missing)} of task {self.task.name!r}'s "
+                            f"outputs ({', '.join(self.task.output_names)}); re-export the artifact")
+            return report
+        expected = {n: expected[n] for n in self.task.output_names}
         try:
             got = self.run({n: inputs[n] for n in self.task.inputs})
         except (ValueError, RuntimeError) as exc:
             report.error = f"running the reference inputs failed: {exc}"
             return report
-        missing = [n for n in self.task.output_names if n not in expected]
-        if missing:
-            report.error = (f"the reference vectors lack {', '.join(missing)} of task {self.task.name!r}'s "
-                            f"outputs ({', '.join(self.task.output_names)}); re-export the artifact")
-            return report
-        expected = {n: expected[n] for n in self.task.output_names}
         report.outputs = compare_outputs(self.task, inputs, expected, got, limits, self.artifact.real_vocab_size)
         return report
 

@@ -229,13 +229,24 @@ def _text_inputs(task: Task, ensemble: bool) -> list[str]:
     return [_tensor(n, "TYPE_STRING", [1], optional=not required) for n, required in inputs.items()]
 
 
-def _write_python_layout(root: Path, name: str, artifact: Artifact, options: dict[str, Any]) -> list[ModelEntry]:
-    backend = options["backend"]
+def _model_backend(artifact: Artifact, backend: str, ensemble: bool) -> str:
+    """The runtime of the model that runs the graph: "auto" resolved (the python layout follows the
+    build; the ensemble's middle model is tensorrt_plan or onnxruntime_onnx), and checked."""
     if backend == "auto":
         backend = built_backend(artifact.sidecar, has_engine=artifact.engine_path is not None)
-    use_trt = backend == "tensorrt"
-    if use_trt and artifact.engine_path is None:
+        if ensemble and backend == "openvino":
+            backend = "onnxruntime"
+    elif ensemble and backend == "openvino":
+        raise ValueError("the ensemble's middle model runs the graph on Triton's onnxruntime_onnx or tensorrt_plan; "
+                         "for OpenVINO use --layout python")
+    if backend == "tensorrt" and artifact.engine_path is None:
         raise ArtifactError(f"{artifact.name} has no TensorRT engine ({ENGINE_FILE}); use --backend onnxruntime")
+    return backend
+
+
+def _write_python_layout(root: Path, name: str, artifact: Artifact, options: dict[str, Any]) -> list[ModelEntry]:
+    backend = _model_backend(artifact, options["backend"], ensemble=False)
+    use_trt = backend == "tensorrt"
     if not use_trt and artifact.onnx_path is None:
         raise ArtifactError(f"{artifact.name} has no model.onnx for {backend}; use --backend tensorrt")
     max_batch = _max_batch(artifact)
@@ -261,12 +272,7 @@ def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: d
     task = artifact.task
     text_inputs = _text_inputs(task, ensemble=True)
     text_names = list(task_inputs(task))
-    if options["backend"] == "openvino":
-        raise ValueError("the ensemble's middle model runs the graph on Triton's onnxruntime_onnx or tensorrt_plan; "
-                         "for OpenVINO use --layout python")
-    use_trt = options["backend"] == "tensorrt" or (options["backend"] == "auto" and artifact.engine_path is not None)
-    if use_trt and artifact.engine_path is None:
-        raise ArtifactError(f"{artifact.name} has no TensorRT engine ({ENGINE_FILE}); use --backend onnxruntime")
+    use_trt = _model_backend(artifact, options["backend"], ensemble=True) == "tensorrt"
     if artifact.onnx_path is None:
         raise ArtifactError(f"{artifact.name} has no model.onnx: the repository takes the graph's inputs and "
                             "outputs from it")
