@@ -502,6 +502,28 @@ def test_a_model_that_fails_to_load_is_named_first(server_env, artifacts, tmp_pa
     assert _processes_mentioning(str(repository)) == []
 
 
+
+def test_a_reason_over_several_lines_is_reported_whole(server_env, tmp_path):
+    """Triton's model table puts each line of a multi-line reason in a row of its own; all of them are
+    reported, the python backend's traceback ("At: ...") is not."""
+    from mbert_export.serving.server import ServerError, start_server
+
+    model = tmp_path / "repository" / "broken"
+    (model / "1").mkdir(parents=True)
+    (model / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 2\n'
+                                        'input [{ name: "TEXT" data_type: TYPE_STRING dims: [1] }]\n'
+                                        'output [{ name: "RESULT" data_type: TYPE_STRING dims: [1] }]\n')
+    (model / "1" / "model.py").write_text(
+        "class TritonPythonModel:\n"
+        "    def initialize(self, args):\n"
+        "        raise RuntimeError('the first line of the reason\\nand the second, which says what to do')\n")
+    with pytest.raises(ServerError) as caught:
+        start_server(model.parent, python_env=server_env, timeout=120)
+    first = str(caught.value).splitlines()[0]
+    assert first.endswith("model 'broken' (version 1) failed to load: Internal: RuntimeError: "
+                          "the first line of the reason and the second, which says what to do")
+    assert _processes_mentioning(str(model.parent)) == []
+
 def test_serve_refuses_bad_ports_before_starting(capsys):
     from mbert_export.cli import main
     from mbert_export.serving.server import ServerError, start_server

@@ -38,6 +38,10 @@ class ArtifactError(ValueError):
     """An artifact that cannot be served (missing files, no metadata, mismatched tokenizer)."""
 
 
+class MissingFileError(ArtifactError):
+    """A folder without the file a backend runs (model.onnx for ONNX Runtime, an engine for TensorRT)."""
+
+
 # ---------------------------------------------------------------------------- ONNX metadata
 def _varint(f) -> int:
     result, shift = 0, 0
@@ -255,12 +259,12 @@ def _locate(path: Path, want: str) -> tuple[Path, Path | None, Path | None, Path
     sidecar = sidecar if sidecar.is_file() else None
     if want == "onnx" and onnx_path is None:
         present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-        raise ArtifactError(f"{path} has no {ONNX_FILE} (found: {present}); ONNX Runtime needs the exported "
+        raise MissingFileError(f"{path} has no {ONNX_FILE} (found: {present}); ONNX Runtime needs the exported "
                             "graph (mbert-export export --output FOLDER/model.onnx)")
     if want == "engine":
         if engine_path is None:
             present = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-            raise ArtifactError(f"{path} has no TensorRT engine ({ENGINE_FILE}; found: {present}); build one "
+            raise MissingFileError(f"{path} has no TensorRT engine ({ENGINE_FILE}; found: {present}); build one "
                                 "with the engine builder, or run the graph with OrtMegatronBert")
         if sidecar is None:
             raise ArtifactError(f"{folder} has no {SIDECAR_FILE} beside {engine_path.name}: without it the "

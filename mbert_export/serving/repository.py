@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..fileio import atomic_dir
-from ..runtime.artifact import (ENGINE_FILE, MAX_DIM, RUNTIME_BACKENDS, Artifact, ArtifactError, built_backend,
-                                open_artifact)
+from ..runtime.artifact import (ENGINE_FILE, MAX_DIM, RUNTIME_BACKENDS, Artifact, ArtifactError, MissingFileError,
+                                built_backend, open_artifact)
 from ..runtime.pipeline import DEFAULT_MAX_BATCH
 from ..tasks import Task
 from .interface import RESULT, task_defaults, task_inputs
@@ -193,8 +193,8 @@ def _open(path: str | os.PathLike) -> Artifact:
             raise  # what is wrong with the graph or build.json, not "no engine"
         try:
             return open_artifact(path, "engine")
-        except ArtifactError as engine_error:  # an engine folder: its own problem, else the graph's
-            raise (graph_error if "no TensorRT engine" in str(engine_error) else engine_error) from None
+        except MissingFileError:  # neither a graph nor an engine: say what the graph lacks
+            raise graph_error from None
 
 
 def _default_name(artifact: Artifact) -> str:

@@ -200,8 +200,18 @@ class TritonServer:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return []
-        rows = re.findall(r"^\|\s*(\S+)\s*\|\s*(\d+)\s*\|\s*UNAVAILABLE:\s*(.*?)\s*\|\s*$", text, re.MULTILINE)
-        return [f"model {name!r} (version {version}) failed to load: {reason}" for name, version, reason in rows]
+        failures, reason = [], None
+        for line in text.splitlines():
+            row = re.match(r"\|\s*(\S+)\s*\|\s*(\d+)\s*\|\s*UNAVAILABLE:\s*(.*?)\s*\|\s*$", line)
+            more = re.match(r"\|\s*\|\s*\|\s*(.*?)\s*\|\s*$", line)
+            if row:
+                reason = [f"model {row[1]!r} (version {row[2]}) failed to load: {row[3]}"]
+                failures.append(reason)
+            elif reason and more and more[1] and more[1] != "At:":  # a long reason goes on in the next rows
+                reason.append(more[1])
+            else:  # a blank cell, the traceback's "At:" or the table's end closes the reason
+                reason = None
+        return [" ".join(parts) for parts in failures]
 
     def _failed(self, what: str) -> ServerError:
         failures = self.load_failures()
