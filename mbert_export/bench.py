@@ -15,7 +15,6 @@ between CPUs.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -292,12 +291,11 @@ def markdown_table(report: dict) -> str:
 
 def save_results(name: str, report: dict, table: str) -> Path:
     """benchmarks/results/<name>.json (the report) and .md (its table), each written atomically; the base path."""
-    from .fileio import atomic_write_text
+    from .fileio import write_report
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     base = RESULTS_DIR / name
-    atomic_write_text(base.with_suffix(".json"), json.dumps(report, indent=1) + "\n")
-    atomic_write_text(base.with_suffix(".md"), table)
+    write_report(base.with_suffix(".json"), report, table)
     return base
 
 

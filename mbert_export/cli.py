@@ -302,14 +302,9 @@ def run_compare(args: argparse.Namespace) -> int:
         report = compare(reference, candidate)
     print(report.summary())
     if args.report:
-        import json
-        from pathlib import Path
+        from .fileio import write_report
 
-        from .fileio import atomic_write_text
-
-        path = Path(args.report)
-        atomic_write_text(path, json.dumps(report.to_dict(), indent=1, default=float) + "\n")
-        atomic_write_text(path.with_suffix(".md"), report.summary() + "\n")
+        write_report(args.report, report.to_dict(), report.summary() + "\n")
     return 0 if report.passed else 1
 
 

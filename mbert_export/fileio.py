@@ -48,6 +48,16 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def write_report(path: str | Path, data: dict, markdown: str) -> Path:
+    """A report as `path` (JSON; numpy numbers as floats) and the same path with `.md` (its table), each atomic."""
+    import json
+
+    path = Path(path)
+    atomic_write_text(path, json.dumps(data, indent=1, default=float) + "\n")
+    atomic_write_text(path.with_suffix(".md"), markdown)
+    return path
+
+
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
     """Yield a temp folder beside `target`; it becomes `target` only if the block succeeds.

@@ -12,9 +12,7 @@ artifact are `mbert_export.reference`'s (re-exported here).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -69,7 +67,7 @@ def compare_checkpoint(checkpoint: str | os.PathLike, artifact: str | os.PathLik
     checkpoint, task and the input bytes; the caller decides when to drop it.
     """
     from .export import load_model_for_task
-    from .fileio import atomic_write_text
+    from .fileio import write_report
     from .runtime import OrtMegatronBert, OvMegatronBert, TRTMegatronBert
     from .runtime.verify import compare_outputs, pooled_top1, thresholds_for
 
@@ -112,9 +110,7 @@ def compare_checkpoint(checkpoint: str | os.PathLike, artifact: str | os.PathLik
               "backend": backend, "runs_on": runtime.backend.describe(), "thresholds": thresholds.__dict__,
               "passed": all(not r["failures"] for r in rows), "rows": rows}
     if report:
-        report = Path(report)
-        atomic_write_text(report, json.dumps(result, indent=1, default=float) + "\n")
-        atomic_write_text(report.with_suffix(".md"), parity_markdown(result))
+        write_report(report, result, parity_markdown(result))
     return result
 
 
