@@ -80,15 +80,17 @@ def test_tokenizer_files_travel_with_the_graph(tmp_path, tiny):
 
 
 # ---------------------------------------------------------------------------- readiness check
-def _tiny_graph(tmp_path, tiny):
-    path = tmp_path / "model.onnx"
-    export_onnx(modeling.MegatronBertForSequenceClassification(tiny).eval(), "sequence-classification",
+@pytest.fixture(scope="module")
+def tiny_graph(tmp_path_factory):
+    """One exported sequence-classification graph of the tiny preset, read (never changed) by the checks."""
+    path = tmp_path_factory.mktemp("tiny-graph") / "model.onnx"
+    export_onnx(modeling.MegatronBertForSequenceClassification(tiny_config()).eval(), "sequence-classification",
                 path, verify=False)
     return path
 
 
-def test_check_passes_an_exported_graph_and_fails_a_planted_unsupported_op(tmp_path, tiny, capsys):
-    path = _tiny_graph(tmp_path, tiny)
+def test_check_passes_an_exported_graph_and_fails_a_planted_unsupported_op(tiny_graph, tmp_path, capsys):
+    path = tiny_graph
     assert check_graph(path) == []
     graph = onnx.load(path)
     last = graph.graph.output[0].name
@@ -105,8 +107,8 @@ def test_check_passes_an_exported_graph_and_fails_a_planted_unsupported_op(tmp_p
     assert cli_main(["check", str(path)]) == 0
 
 
-def test_check_flags_float64_inf_and_fp16_overflowing_constants(tmp_path, tiny):
-    graph = onnx.load(_tiny_graph(tmp_path, tiny))
+def test_check_flags_float64_inf_and_fp16_overflowing_constants(tiny_graph):
+    graph = onnx.load(tiny_graph)
     nodes = graph.graph.node
     nodes.append(onnx_helper.make_node("Constant", [], ["neg_inf"], name="mask_inf",
                                        value=onnx_helper.make_tensor("v", onnx.TensorProto.FLOAT, [], [-np.inf])))
@@ -119,8 +121,8 @@ def test_check_flags_float64_inf_and_fp16_overflowing_constants(tmp_path, tiny):
     assert any("to_double" in p and "float64" in p for p in problems)
 
 
-def test_check_flags_a_static_axis(tmp_path, tiny):
-    graph = onnx.load(_tiny_graph(tmp_path, tiny))
+def test_check_flags_a_static_axis(tiny_graph):
+    graph = onnx.load(tiny_graph)
     graph.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 128
     assert any("'input_ids' axis 1" in p and "sequence" in p for p in check_model(graph))
 
