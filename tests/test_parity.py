@@ -209,7 +209,9 @@ def test_top1_at_given_positions_unjudged_sets_and_pooling():
     assert 0.99 < unjudged.cosine < 1.0  # logits get a whole-tensor cosine
     # Pooled over many sets, one flip in 200 decisions meets 99 %; in 20 it does not.
     clean = compare_outputs(task, inputs, {"logits": ref}, {"logits": ref}, limits, real, judge_top1=False)[0]
-    assert pooled_top1([unjudged] + [clean] * 9, limits)["logits"].passed
+    ten = pooled_top1([unjudged] + [clean] * 9, limits)["logits"]
+    assert ten.passed and ten.max_abs == unjudged.max_abs > 0
+    assert ten.mean_abs == pytest.approx(unjudged.mean_abs / 10)  # the sets' mean abs, weighted by their size
     pooled = pooled_top1([unjudged], limits)["logits"]
     assert not pooled.passed and "pooled top-1 agreement 95.00% (19/20) < 99.00%" in pooled.failures[0]
 

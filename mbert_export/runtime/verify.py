@@ -289,6 +289,7 @@ def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[st
 def pooled_top1(checks: list[OutputCheck], thresholds: Thresholds) -> dict[str, OutputCheck]:
     """Per output name: top-1 agreement pooled over several input sets, judged against the bar."""
     pooled: dict[str, OutputCheck] = {}
+    sizes: dict[str, int] = {}  # elements pooled per output, to weight the sets' mean abs differences
     for check in checks:
         if check.top1_count is None:
             continue
@@ -296,6 +297,10 @@ def pooled_top1(checks: list[OutputCheck], thresholds: Thresholds) -> dict[str, 
         agree, total = entry.top1_count
         entry.top1_count = (agree + check.top1_count[0], total + check.top1_count[1])
         entry.max_abs = max(entry.max_abs, check.max_abs)
+        size, pooled_size = int(np.prod(check.shape)), sizes.get(check.name, 0)
+        if size:
+            entry.mean_abs = (entry.mean_abs * pooled_size + check.mean_abs * size) / (pooled_size + size)
+            sizes[check.name] = pooled_size + size
         entry.nan += check.nan
         entry.inf += check.inf
     for entry in pooled.values():
