@@ -57,6 +57,39 @@ class BuildError(ValueError):
     """Bad build arguments or a build that cannot proceed; the message says what to do."""
 
 
+# ---------------------------------------------------------------------------- int8 layers
+def int8_layers(fp32_graph: Path, keep_float: Sequence[str] | None, int8_rescore: Sequence[str] | None,
+                say: Progress) -> tuple[list[str], list[str]]:
+    """(patterns kept in float, patterns rescored) from --keep-float and --int8-rescore.
+
+    --keep-float: not given = the recipe's list; `none` = nothing; `default` = the recipe's list plus
+    the other patterns given. The user's own patterns must match a MatMul (typos fail here, before
+    any quantizing); the recipe's need not (its heads differ per task).
+    The default rescore gives way to an explicit --keep-float that names its module: the user asked
+    for float there.
+    """
+    import fnmatch
+
+    import onnx
+
+    from .precision import resolve_keep_float
+
+    given = list(keep_float or ())
+    own = [k for k in given if k not in ("none", "default")]
+    keep = [*DEFAULT_INT8_KEEP_FLOAT, *own] if keep_float is None or "default" in given else own
+    rescore = list(DEFAULT_INT8_RESCORE) if int8_rescore is None else [k for k in int8_rescore if k != "none"]
+    graph = onnx.load(str(fp32_graph), load_external_data=False)
+    resolve_keep_float(graph, own)
+    if int8_rescore is not None:
+        resolve_keep_float(graph, rescore, option="--int8-rescore")
+    else:
+        for module in [r for r in rescore if any(fnmatch.fnmatchcase(r, k) for k in own)]:
+            say(f"int8: {module} stays in float as --keep-float asks (--int8-rescore {module} would compute it "
+                "in int8 with its top scores rescored)")
+            rescore.remove(module)
+    return keep, rescore
+
+
 # ---------------------------------------------------------------------------- profiles
 @dataclass(frozen=True)
 class Profile:
@@ -425,20 +458,20 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
         elif precision == "fp16":
             kept = convert_fp16(fp32_path, graph, progress=say).kept_float
         else:
-            keep = DEFAULT_INT8_KEEP_FLOAT if keep_float is None else [k for k in keep_float if k != "none"]
+            # int8_layers checked the user's patterns; strict here: a rescore the user named must have a
+            # constant weight (the recipe's own patterns need not match every task's graph)
+            keep, rescore = int8_layers(fp32_path, keep_float, int8_rescore, say)
             if recipe == "dynamic":
                 say("int8: dynamic recipe for ONNX Runtime CPU (no calibration; --int8-recipe qdq gives "
                     "the TensorRT graph)")
-                rescore = (DEFAULT_INT8_RESCORE if int8_rescore is None
-                            else [k for k in int8_rescore if k != "none"])
-                result = quantize_int8_dynamic(fp32_path, graph, keep_float=keep, strict=keep_float is not None,
+                result = quantize_int8_dynamic(fp32_path, graph, keep_float=keep, strict=int8_rescore is not None,
                                                rescore=rescore, weights=int8_weights or "auto", progress=say)
                 kept, rescored_modules = result.kept_float, result.details["rescore"]
                 dynamic_weights = result.details["int8_weights"]
             else:
                 batches, calibration_info = calibration_data(tokenizer, calibration, profiles, task, config, say)
                 kept = quantize_int8(fp32_path, graph, batches, method=calibration_method, keep_float=keep,
-                                     strict=keep_float is not None, progress=say).kept_float
+                                     strict=False, progress=say).kept_float
             if kept:
                 say(f"int8: kept in float: {', '.join(kept)}")
         accuracy: dict = {}
@@ -451,12 +484,17 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
             accuracy, problems = evaluate_precision(reference, graph, precision, sets, config.real_vocab_size, say,
                                                     backend=backend, inference_precision=inference_precision)
             if problems:
-                hint = ("Try --calibration-method entropy or percentile, or --keep-float MODULE for the "
-                        "layers that lose most." if precision == "int8" else
-                        "Random or untrained weights give near-tied logits that no reduced precision keeps.")
+                if precision != "int8":
+                    hint = "Random or untrained weights give near-tied logits that no reduced precision keeps."
+                else:
+                    other = [m for m in ("max", "entropy", "percentile") if m != calibration_method]
+                    hint = ("Keep the layers that lose most in float: --keep-float default --keep-float MODULE "
+                            "(the recipe's list plus MODULE, e.g. 'bert.encoder.layer.N.*')"
+                            + ("." if recipe == "dynamic" else
+                               f", or calibrate with --calibration-method {' or '.join(other)}."))
                 raise BuildError(f"the {precision} graph misses its accuracy bar (nothing was written):\n  "
                                  + "\n  ".join(problems) + "\n" + hint)
-        copy_tokenizer(checkpoint, stage)
+        copy_tokenizer(checkpoint, stage, say)
         shutil.move(str(stage / "fp32" / REFERENCE_FILE), stage / REFERENCE_FILE)
         shutil.rmtree(stage / "fp32", ignore_errors=True)
         sidecar = {

@@ -50,7 +50,7 @@ def check_model(model: onnx.ModelProto, task_name: str | None = None) -> list[st
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
     if opset < MIN_OPSET:
-        problems.append(f"opset {opset} < {MIN_OPSET}: re-export with --opset 17")
+        problems.append(f"opset {opset} < {MIN_OPSET}: re-export with --opset 18")
     for version, ops in supported_ops().items():
         for node in graph.node:
             if node.domain not in STANDARD_DOMAINS:

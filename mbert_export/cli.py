@@ -74,7 +74,8 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True,
                    help="Hugging Face folder, or a Megatron-LM checkpoint that `convert` reads")
     p.add_argument("--output", required=True, help="FILE.onnx to write (its folder gets the tokenizer)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default: 17)")
+    p.add_argument("--opset", type=int, default=None,  # export.DEFAULT_OPSET (that module imports torch)
+                   help="ONNX opset, >= 17 (default: 18, the exporter's own)")
     p.add_argument("--max-seq-len", type=int, help="longest sequence to verify (default: max positions)")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with the reference")
     p.add_argument("--allow-random-head", action="store_true",
@@ -85,12 +86,13 @@ def add_export(sub: argparse._SubParsersAction) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .export import export_onnx, load_model_for_task
+    from .export import DEFAULT_OPSET, export_onnx, load_model_for_task
 
     checkpoint = Path(args.checkpoint)
     model = load_model_for_task(checkpoint, args.task, allow_random_head=args.allow_random_head,
                                 progress=progress)
-    result = export_onnx(model, args.task, args.output, opset=args.opset, max_seq_len=args.max_seq_len,
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    result = export_onnx(model, args.task, args.output, opset=opset, max_seq_len=args.max_seq_len,
                          verify=not args.no_verify, source=str(checkpoint),
                          tokenizer_dir=checkpoint if checkpoint.is_dir() else None, progress=progress)
     print(result.summary())
@@ -134,7 +136,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", help="Hugging Face folder or Megatron-LM checkpoint (default: the demo model "
                                         "in models/megatron-bert-demo)")
     p.add_argument("--backend", default="auto", choices=["auto", "tensorrt", "onnxruntime", "openvino"],
-                   help="auto: TensorRT when it imports and sees a GPU, else OpenVINO (CPU) when installed, "
+                   help="auto: TensorRT when it imports and sees a GPU, else OpenVINO (CPU) where it is "
+                        "installed and the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX), "
                         "else ONNX Runtime")
     p.add_argument("--inference-precision", choices=["f32", "bf16"], default=None,
                    help="OpenVINO: compute precision of float ops (default f32; bf16 needs AVX512-BF16 or AMX); "
@@ -153,6 +156,7 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                    help="INT8: keep MatMuls of matching modules in float (fnmatch pattern such as "
                         "'bert.encoder.layer.0.*' or 'cls.predictions.decoder'; repeatable). Default: the "
                         "measured recipe (layer 0, the attention products and the LM head); "
+                        "--keep-float default --keep-float MODULE adds MODULE to it; "
                         "--keep-float none quantizes everything")
     p.add_argument("--int8-recipe", default="auto", choices=["auto", "qdq", "dynamic"],
                    help="INT8 graph: qdq = explicit Q/DQ, calibrated (what TensorRT builds); dynamic = ONNX "
@@ -165,7 +169,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--int8-rescore", action="append", default=None, metavar="MODULE",
                    help="dynamic INT8: compute these float-kept Linears in int8, then recompute each token's "
                         "top 8 scores in FP32 (fnmatch pattern, repeatable). Default: cls.predictions.decoder, "
-                        "the LM-head decoder (2.5x faster, same top-1); --int8-rescore none keeps it in float")
+                        "the LM-head decoder (2.5x faster, same top-1); --int8-rescore none, or a --keep-float "
+                        "that names it, keeps it in float")
     p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT workspace limit in GiB")
     p.add_argument("--force", action="store_true", help="replace an output folder that holds another build")
@@ -245,9 +250,10 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify", help="run an artifact on its reference vectors and check it against its precision's bar",
         description="Every exported or built artifact carries reference.npz: a few real inputs and the "
-                    "PyTorch reference's outputs on them. This runs the artifact (ONNX Runtime or the "
-                    "TensorRT engine) on them, without torch, and exits 1 when it misses the thresholds "
-                    "of its precision (fp32: 1e-4 max abs; fp16: 99.9% top-1; int8: 99% top-1).")
+                    "PyTorch reference's outputs on them. This runs the artifact (ONNX Runtime, OpenVINO or "
+                    "the TensorRT engine) on them, without torch, and exits 1 when it misses the thresholds "
+                    "of its precision (fp32: 1e-4 max abs; fp16: 99.9% top-1 and cosine 0.999; int8: 99% top-1 and "
+                    "cosine 0.99).")
     p.add_argument("artifact", help="artifact folder, model.onnx or engine.plan")
     p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
                    help="auto (default): the backend the artifact was built for (build.json), else onnxruntime")
@@ -269,8 +275,8 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
         "compare", help="parity: an artifact against the PyTorch reference (or against another artifact)",
         description="With --checkpoint: run the PyTorch reference and the artifact on the same inputs (real "
                     "held-out sentences and random shapes up to the artifact's maximum) and judge every "
-                    "output by the thresholds of the artifact's precision (fp32: 1e-4 max abs; fp16: 99.9%% "
-                    "top-1 and cosine 0.999; int8: 99%% top-1 and cosine 0.99; top-1 pooled over the held-out "
+                    "output by the thresholds of the artifact's precision (fp32: 1e-4 max abs; fp16: 99.9% "
+                    "top-1 and cosine 0.999; int8: 99% top-1 and cosine 0.99; top-1 pooled over the held-out "
                     "sentences, reported but not judged on random ids); --report writes JSON and markdown. "
                     "With --reference-artifact: "
                     "compare two artifacts on the reference inputs. Exits 1 on failure.")
@@ -381,7 +387,8 @@ def _add_repository_options(p: argparse.ArgumentParser) -> None:
                    help="python layout, ONNX Runtime or OpenVINO: threads per instance (default: the serving "
                         "machine's cores divided by the instances)")
     p.add_argument("--sequence-bucket", type=int, default=16,
-                   help="ensemble: pad token ids to a multiple of this, so requests of similar length batch")
+                   help="ensemble: pad token ids to a multiple of this, so requests of similar length batch "
+                        "(default: 16)")
 
 
 def _repository_options(args: argparse.Namespace) -> dict:

@@ -213,16 +213,22 @@ def _trace(model: MegatronBertPreTrainedModel, task: Task, path: Path, opset: in
     program.save(str(path), external_data=external_data)
 
 
-def copy_tokenizer(source: Path | None, folder: Path) -> list[str]:
-    """Copy the tokenizer files of a model folder next to the graph (atomically, file by file)."""
+def copy_tokenizer(source: Path | None, folder: Path, progress: Progress | None = None) -> list[str]:
+    """Copy the tokenizer files of a model folder next to the graph (atomically, file by file).
+
+    With none to copy, `progress` hears what the artifact then cannot do (take text, be served)."""
     copied = []
-    if source is None or not source.is_dir():
-        return copied
-    for name in TOKENIZER_FILES:
-        if (source / name).is_file() and (source / name).resolve() != (folder / name).resolve():
-            with atomic_path(folder / name) as tmp:
-                shutil.copyfile(source / name, tmp)
-            copied.append(name)
+    if source is not None and source.is_dir():
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file() and (source / name).resolve() != (folder / name).resolve():
+                with atomic_path(folder / name) as tmp:
+                    shutil.copyfile(source / name, tmp)
+                copied.append(name)
+    if progress and not copied and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        progress(f"note: {source or 'the model'} has no tokenizer files (vocab.txt or tokenizer.json), so the "
+                 "artifact runs on token ids (run(), verify) but not on text (fill_mask(), ...), and `mbert-export "
+                 "triton` cannot serve it; put the checkpoint's vocab.txt in its folder (`convert --vocab`) and "
+                 "run this again")
     return copied
 
 
@@ -264,7 +270,7 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
         external = publish_onnx(staged, output)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else None, output.parent)
+    copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else None, output.parent, say)
     # Reference vectors: a few real inputs and the PyTorch outputs, so that the deployed artifact can
     # prove itself without torch (runtime.verify / mbert-export verify).
     write_reference_vectors(model, task, output.parent, max_seq_len=max_seq_len)

@@ -187,6 +187,28 @@ def test_rescored_int8_decoder_has_an_exact_top(fp32_graph, tmp_path):
     assert not (tmp_path / "b.onnx").exists()
 
 
+def test_keep_float_default_extends_the_recipe_and_an_explicit_keep_wins_over_the_default_rescore(fp32_graph):
+    from mbert_export.build import DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE, int8_layers
+
+    said = []
+    assert int8_layers(fp32_graph, None, None, said.append) == (list(DEFAULT_INT8_KEEP_FLOAT),
+                                                                list(DEFAULT_INT8_RESCORE))
+    keep, rescore = int8_layers(fp32_graph, ["default", "bert.encoder.layer.1.*"], None, said.append)
+    assert keep == [*DEFAULT_INT8_KEEP_FLOAT, "bert.encoder.layer.1.*"] and rescore == list(DEFAULT_INT8_RESCORE)
+    assert int8_layers(fp32_graph, ["none"], ["none"], said.append) == ([], [])
+    assert not said
+    keep, rescore = int8_layers(fp32_graph, ["cls.predictions.decoder"], None, said.append)
+    assert keep == ["cls.predictions.decoder"] and rescore == []
+    assert said == ["int8: cls.predictions.decoder stays in float as --keep-float asks (--int8-rescore "
+                    "cls.predictions.decoder would compute it in int8 with its top scores rescored)"]
+    assert int8_layers(fp32_graph, ["cls.*"], ["cls.predictions.decoder"], said.append)[1] == [
+        "cls.predictions.decoder"]  # named by both: --int8-rescore says how it is computed
+    with pytest.raises(PrecisionError, match="--keep-float 'bert.encoder.layer.9.*' matches no MatMul"):
+        int8_layers(fp32_graph, ["default", "bert.encoder.layer.9.*"], None, said.append)
+    with pytest.raises(PrecisionError, match="--int8-rescore 'cls.decoder' matches no MatMul"):
+        int8_layers(fp32_graph, None, ["cls.decoder"], said.append)
+
+
 def test_tensorrt_backend_refuses_the_cpu_int8_recipe(checkpoint, tmp_path):
     with pytest.raises(BuildError, match="unknown INT8 recipe"):
         build_artifact("mlm", "int8", checkpoint=checkpoint, output_dir=tmp_path / "x", backend="onnxruntime",

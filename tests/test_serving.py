@@ -304,6 +304,12 @@ def test_bad_artifacts_and_options_get_their_own_errors(artifacts, tmp_path):
     (empty / "model.onnx").write_bytes(b"")
     with pytest.raises(ArtifactError, match="model.onnx is not an ONNX model"):
         write_repository([empty], tmp_path / "r")
+    no_tokenizer = copy("no-tokenizer")
+    for name in ("vocab.txt", "tokenizer.json"):
+        (no_tokenizer / name).unlink(missing_ok=True)
+    for layout in ("python", "ensemble"):
+        with pytest.raises(ArtifactError, match="no-tokenizer has no tokenizer files .* the served models take text"):
+            write_repository([no_tokenizer], tmp_path / "r", layout=layout)
     bad_build_json = {"task": ["mlm"], "profiles": [{"batch": 5}], "openvino": "x", "max_batch": 1e30}
     messages = {"task": "task must be a task name", "profiles": "'profiles' must be a list of objects",
                 "openvino": "'openvino' must be a JSON object", "max_batch": "max_batch must be between 1 and"}

@@ -394,6 +394,11 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
     if any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_DIM for b in preferred_batch):
         raise ValueError(f"preferred batch sizes must be integers from 1 to {MAX_DIM}, got {list(preferred_batch)}")
     opened = [_open(a) for a in artifacts]
+    for artifact in opened:
+        if not artifact.has_tokenizer():
+            raise ArtifactError(f"{artifact.folder} has no tokenizer files (vocab.txt or tokenizer.json), and the "
+                                "served models take text: copy the checkpoint's tokenizer files into it, or export "
+                                "it again from a checkpoint folder that has them")
     if names and len(names) != len(opened):
         raise ValueError(f"got {len(names)} name(s) for {len(opened)} artifact(s); give one --name per artifact")
     model_names = [_check_name(n) for n in (names or [_default_name(a) for a in opened])]
