@@ -209,6 +209,18 @@ def test_keep_float_default_extends_the_recipe_and_an_explicit_keep_wins_over_th
         int8_layers(fp32_graph, None, ["cls.decoder"], said.append)
 
 
+def test_keep_float_on_a_head_without_the_lm_decoder(task_artifacts, tmp_path):
+    """--keep-float on a classifier: the default rescore (the LM decoder) is not in its graph and is
+    skipped, while the user's own pattern is applied (this failed with "matches no MatMul" before)."""
+    checkpoint, _ = task_artifacts("sequence-classification", ("fp32",))
+    result = build_artifact("sequence-classification", "int8", checkpoint=checkpoint, output_dir=tmp_path / "cls",
+                            backend="onnxruntime", batch=["1,2,4"], seq=["1,16,64"],
+                            keep_float=["default", "bert.encoder.layer.1.output.dense"])
+    assert "bert.encoder.layer.1.output.dense" in result.sidecar["kept_float"]
+    assert "bert.encoder.layer.0.output.dense" in result.sidecar["kept_float"]  # the recipe's list too
+    assert result.sidecar["int8_rescore"] == []
+
+
 def test_tensorrt_backend_refuses_the_cpu_int8_recipe(checkpoint, tmp_path):
     with pytest.raises(BuildError, match="unknown INT8 recipe"):
         build_artifact("mlm", "int8", checkpoint=checkpoint, output_dir=tmp_path / "x", backend="onnxruntime",
