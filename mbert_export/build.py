@@ -58,32 +58,35 @@ class BuildError(ValueError):
 
 
 # ---------------------------------------------------------------------------- int8 layers
-def int8_layers(fp32_graph: Path, keep_float: Sequence[str] | None, int8_rescore: Sequence[str] | None,
-                say: Progress) -> tuple[list[str], list[str]]:
+def int8_layers(fp32_graph: Path, recipe: str, keep_float: Sequence[str] | None,
+                int8_rescore: Sequence[str] | None, say: Progress) -> tuple[list[str], list[str]]:
     """(patterns kept in float, patterns rescored) from --keep-float and --int8-rescore.
 
     --keep-float: not given = the recipe's list; `none` = nothing; `default` = the recipe's list plus
     the other patterns given. The user's own patterns must match a MatMul (typos fail here, before
-    any quantizing); the recipe's need not (its heads differ per task).
-    The default rescore gives way to an explicit --keep-float that names its module: the user asked
-    for float there.
+    any quantizing); the recipe's need not (its heads differ per task). On the dynamic recipe the
+    default rescore gives way to an explicit --keep-float that names its module: the user asked for
+    float there.
     """
     import fnmatch
 
     import onnx
 
-    from .precision import resolve_keep_float
+    from .precision import matmul_scopes, resolve_keep_float
 
     given = list(keep_float or ())
     own = [k for k in given if k not in ("none", "default")]
+    if "none" in given and len(given) > 1:
+        raise BuildError(f"--keep-float none keeps nothing in float and cannot be combined with {given!r}")
     keep = [*DEFAULT_INT8_KEEP_FLOAT, *own] if keep_float is None or "default" in given else own
     rescore = list(DEFAULT_INT8_RESCORE) if int8_rescore is None else [k for k in int8_rescore if k != "none"]
     graph = onnx.load(str(fp32_graph), load_external_data=False)
     resolve_keep_float(graph, own)
     if int8_rescore is not None:
         resolve_keep_float(graph, rescore, option="--int8-rescore")
-    else:
-        for module in [r for r in rescore if any(fnmatch.fnmatchcase(r, k) for k in own)]:
+    elif recipe == "dynamic":
+        modules = set(matmul_scopes(graph).values())
+        for module in [r for r in rescore if r in modules and any(fnmatch.fnmatchcase(r, k) for k in own)]:
             say(f"int8: {module} stays in float as --keep-float asks (--int8-rescore {module} would compute it "
                 "in int8 with its top scores rescored)")
             rescore.remove(module)
@@ -458,14 +461,15 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
         elif precision == "fp16":
             kept = convert_fp16(fp32_path, graph, progress=say).kept_float
         else:
-            # int8_layers checked the user's patterns; strict here: a rescore the user named must have a
-            # constant weight (the recipe's own patterns need not match every task's graph)
-            keep, rescore = int8_layers(fp32_path, keep_float, int8_rescore, say)
+            # int8_layers checked the user's patterns, and the recipe's own need not match every task's
+            # graph: not strict, except that a rescore the user named must have a constant weight
+            keep, rescore = int8_layers(fp32_path, recipe, keep_float, int8_rescore, say)
             if recipe == "dynamic":
                 say("int8: dynamic recipe for ONNX Runtime CPU (no calibration; --int8-recipe qdq gives "
                     "the TensorRT graph)")
-                result = quantize_int8_dynamic(fp32_path, graph, keep_float=keep, strict=int8_rescore is not None,
-                                               rescore=rescore, weights=int8_weights or "auto", progress=say)
+                result = quantize_int8_dynamic(fp32_path, graph, keep_float=keep, strict=False, rescore=rescore,
+                                               rescore_strict=int8_rescore is not None,
+                                               weights=int8_weights or "auto", progress=say)
                 kept, rescored_modules = result.kept_float, result.details["rescore"]
                 dynamic_weights = result.details["int8_weights"]
             else:
@@ -494,7 +498,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                                f", or calibrate with --calibration-method {' or '.join(other)}."))
                 raise BuildError(f"the {precision} graph misses its accuracy bar (nothing was written):\n  "
                                  + "\n  ".join(problems) + "\n" + hint)
-        copy_tokenizer(checkpoint, stage, say)
+        copy_tokenizer(checkpoint, stage)  # export_onnx said so if there are none
         shutil.move(str(stage / "fp32" / REFERENCE_FILE), stage / REFERENCE_FILE)
         shutil.rmtree(stage / "fp32", ignore_errors=True)
         sidecar = {

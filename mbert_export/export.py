@@ -30,6 +30,7 @@ from .config import MegatronBertConfig
 from .fileio import EXTERNAL_DATA_THRESHOLD, atomic_path, publish_onnx, staging_dir
 from .modeling import MODEL_CLASSES, MegatronBertPreTrainedModel
 from .reference import reference_outputs, write_reference_vectors
+from .runtime.artifact import TOKENIZER_MAIN_FILES
 from .tasks import BATCH, NUM_CHOICES, SEQUENCE, Task, get_task, sample_inputs  # noqa: F401 (re-exported)
 
 MIN_OPSET = 17  # first opset with a native LayerNormalization (TensorRT keeps its accumulation in FP32)
@@ -224,11 +225,16 @@ def copy_tokenizer(source: Path | None, folder: Path, progress: Progress | None 
                 with atomic_path(folder / name) as tmp:
                     shutil.copyfile(source / name, tmp)
                 copied.append(name)
-    if progress and not copied and not any((folder / name).is_file() for name in TOKENIZER_FILES):
-        progress(f"note: {source or 'the model'} has no tokenizer files (vocab.txt or tokenizer.json), so the "
+    if progress and not any((folder / name).is_file() for name in TOKENIZER_MAIN_FILES):
+        if source is None:
+            fix = "pass tokenizer_dir=<folder with vocab.txt>"
+        elif source.is_dir():
+            fix = f"put the tokenizer's vocab.txt in {source}"
+        else:  # a Megatron-LM file: its converted folder carries the vocab
+            fix = "convert the checkpoint with `mbert-export convert SRC DST --vocab vocab.txt`, use DST,"
+        progress(f"note: no tokenizer files (vocab.txt or tokenizer.json) in {source or 'the export'}, so the "
                  "artifact runs on token ids (run(), verify) but not on text (fill_mask(), ...), and `mbert-export "
-                 "triton` cannot serve it; put the checkpoint's vocab.txt in its folder (`convert --vocab`) and "
-                 "run this again")
+                 f"triton` cannot serve it; {fix} and run this again")
     return copied
 
 

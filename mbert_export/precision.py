@@ -315,8 +315,8 @@ def dynamic_weight_type(requested: str = "auto") -> str:
         return requested
     return "s8" if has_int8_dot_product() else "u8"
 def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: Iterable[str] = (),
-                          rescore: Iterable[str] = (), strict: bool = True, weights: str = "auto",
-                          progress: Progress | None = None) -> PrecisionResult:
+                          rescore: Iterable[str] = (), strict: bool = True, rescore_strict: bool | None = None,
+                          weights: str = "auto", progress: Progress | None = None) -> PrecisionResult:
     """FP32 graph -> CPU INT8 graph: ONNX Runtime dynamic quantization of the Linear layers.
 
     Weights int8 per channel (`weights`: s8 symmetric or u8, see DYNAMIC_WEIGHT_TYPES), activations quantized per call (DynamicQuantizeLinear +
@@ -326,7 +326,8 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: It
     the attention products and the (transposed, tied) LM-head decoder stay in float; then the float
     MatMuls matching a `rescore` pattern get int8 scores with an exact top (`_rescored_int8`). The
     result lists every module left in float, whether by `keep_float` or by that rule, and the
-    rescored ones.
+    rescored ones. `strict`: every pattern must match (see resolve_keep_float); `rescore_strict`
+    (default: `strict`) the same for `rescore`, whose modules must also have a constant weight.
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -338,7 +339,8 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: It
     large = any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
     scopes = matmul_scopes(graph)
     excluded = resolve_keep_float(graph, keep_float, strict)
-    resolve_keep_float(graph, rescore, strict, option="--int8-rescore")  # typos fail before the slow part
+    rescore_strict = strict if rescore_strict is None else rescore_strict
+    resolve_keep_float(graph, rescore, rescore_strict, option="--int8-rescore")  # typos fail before the slow part
     del graph
     weight_type = dynamic_weight_type(weights)
     say(f"int8 (dynamic, ONNX Runtime CPU, {weight_type} weights): quantizing {src}")
@@ -351,7 +353,7 @@ def quantize_int8_dynamic(src: str | Path, output: str | Path, *, keep_float: It
         model = _fuse_gelu(onnx.load(str(staged)))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    rescored = _rescored_int8(model, rescore, strict, say, weight_type)
+    rescored = _rescored_int8(model, rescore, rescore_strict, say, weight_type)
     float_nodes = {n.name for n in model.graph.node if n.op_type == "MatMul"}
     kept = sorted({scope for name, scope in scopes.items() if name in float_nodes})
     _set_metadata(model, metadata, precision="int8", int8_recipe="dynamic", int8_weights=weight_type,

@@ -191,22 +191,40 @@ def test_keep_float_default_extends_the_recipe_and_an_explicit_keep_wins_over_th
     from mbert_export.build import DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE, int8_layers
 
     said = []
-    assert int8_layers(fp32_graph, None, None, said.append) == (list(DEFAULT_INT8_KEEP_FLOAT),
-                                                                list(DEFAULT_INT8_RESCORE))
-    keep, rescore = int8_layers(fp32_graph, ["default", "bert.encoder.layer.1.*"], None, said.append)
+    for recipe in ("dynamic", "qdq"):
+        assert int8_layers(fp32_graph, recipe, None, None, said.append) == (list(DEFAULT_INT8_KEEP_FLOAT),
+                                                                            list(DEFAULT_INT8_RESCORE))
+    keep, rescore = int8_layers(fp32_graph, "dynamic", ["default", "bert.encoder.layer.1.*"], None, said.append)
     assert keep == [*DEFAULT_INT8_KEEP_FLOAT, "bert.encoder.layer.1.*"] and rescore == list(DEFAULT_INT8_RESCORE)
-    assert int8_layers(fp32_graph, ["none"], ["none"], said.append) == ([], [])
+    assert int8_layers(fp32_graph, "dynamic", ["none"], ["none"], said.append) == ([], [])
+    assert int8_layers(fp32_graph, "qdq", ["cls.*"], None, said.append)[0] == ["cls.*"]  # no rescore on Q/DQ
     assert not said
-    keep, rescore = int8_layers(fp32_graph, ["cls.predictions.decoder"], None, said.append)
+    keep, rescore = int8_layers(fp32_graph, "dynamic", ["cls.predictions.decoder"], None, said.append)
     assert keep == ["cls.predictions.decoder"] and rescore == []
     assert said == ["int8: cls.predictions.decoder stays in float as --keep-float asks (--int8-rescore "
                     "cls.predictions.decoder would compute it in int8 with its top scores rescored)"]
-    assert int8_layers(fp32_graph, ["cls.*"], ["cls.predictions.decoder"], said.append)[1] == [
+    assert int8_layers(fp32_graph, "dynamic", ["cls.*"], ["cls.predictions.decoder"], said.append)[1] == [
         "cls.predictions.decoder"]  # named by both: --int8-rescore says how it is computed
     with pytest.raises(PrecisionError, match="--keep-float 'bert.encoder.layer.9.*' matches no MatMul"):
-        int8_layers(fp32_graph, ["default", "bert.encoder.layer.9.*"], None, said.append)
+        int8_layers(fp32_graph, "dynamic", ["default", "bert.encoder.layer.9.*"], None, said.append)
     with pytest.raises(PrecisionError, match="--int8-rescore 'cls.decoder' matches no MatMul"):
-        int8_layers(fp32_graph, None, ["cls.decoder"], said.append)
+        int8_layers(fp32_graph, "dynamic", None, ["cls.decoder"], said.append)
+    with pytest.raises(BuildError, match="--keep-float none keeps nothing in float and cannot be combined"):
+        int8_layers(fp32_graph, "qdq", ["default", "none"], None, said.append)
+
+
+@pytest.mark.parametrize("rescore", [["none"], ["cls.predictions.decoder"]])
+def test_dynamic_int8_with_an_explicit_rescore_keeps_the_recipe_list(fp32_graph, tmp_path, rescore):
+    """The recipe's keep-float patterns that match nothing in this graph (pooler, classifier, ...) are
+    skipped, also when the user names the rescore (the rescore alone is checked strictly)."""
+    from mbert_export.build import DEFAULT_INT8_KEEP_FLOAT, int8_layers
+
+    keep, chosen = int8_layers(fp32_graph, "dynamic", None, rescore, print)
+    result = quantize_int8_dynamic(fp32_graph, tmp_path / "model.onnx", keep_float=keep, strict=False,
+                                   rescore=chosen, rescore_strict=True)
+    assert keep == list(DEFAULT_INT8_KEEP_FLOAT)
+    assert result.details["rescore"] == [r for r in rescore if r != "none"]
+    assert ("cls.predictions.decoder" in result.kept_float) == (rescore == ["none"])
 
 
 def test_keep_float_on_a_head_without_the_lm_decoder(task_artifacts, tmp_path):

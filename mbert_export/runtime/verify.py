@@ -74,6 +74,8 @@ class OutputCheck:
     top5: float | None = None
     cosine: float | None = None
     failures: list[str] = field(default_factory=list)
+    #: How many finite differences `mean_abs` averages (real positions only), to pool sets by.
+    averaged: int = 0
 
     @property
     def passed(self) -> bool:
@@ -257,7 +259,7 @@ def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[st
         if nan:
             max_abs = math.nan
         mean_abs = float(finite.mean(dtype=np.float64)) if finite.size else 0.0
-        check = OutputCheck(name, tuple(out.shape), max_abs, mean_abs, nan, inf)
+        check = OutputCheck(name, tuple(out.shape), max_abs, mean_abs, nan, inf, averaged=int(finite.size))
         is_logits = name.endswith("logits")
         clean = np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0) if nan or inf else out
         if is_logits:
@@ -289,7 +291,6 @@ def compare_outputs(task: Task, inputs: dict[str, np.ndarray], expected: dict[st
 def pooled_top1(checks: list[OutputCheck], thresholds: Thresholds) -> dict[str, OutputCheck]:
     """Per output name: top-1 agreement pooled over several input sets, judged against the bar."""
     pooled: dict[str, OutputCheck] = {}
-    sizes: dict[str, int] = {}  # elements pooled per output, to weight the sets' mean abs differences
     for check in checks:
         if check.top1_count is None:
             continue
@@ -297,10 +298,10 @@ def pooled_top1(checks: list[OutputCheck], thresholds: Thresholds) -> dict[str, 
         agree, total = entry.top1_count
         entry.top1_count = (agree + check.top1_count[0], total + check.top1_count[1])
         entry.max_abs = max(entry.max_abs, check.max_abs)
-        size, pooled_size = int(np.prod(check.shape)), sizes.get(check.name, 0)
-        if size:
-            entry.mean_abs = (entry.mean_abs * pooled_size + check.mean_abs * size) / (pooled_size + size)
-            sizes[check.name] = pooled_size + size
+        if check.averaged:  # each set's mean abs difference, weighted by the differences it averages
+            total_averaged = entry.averaged + check.averaged
+            entry.mean_abs += (check.mean_abs - entry.mean_abs) * check.averaged / total_averaged
+            entry.averaged = total_averaged
         entry.nan += check.nan
         entry.inf += check.inf
     for entry in pooled.values():
