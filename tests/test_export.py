@@ -187,8 +187,8 @@ def test_cli_errors_are_one_line(tmp_path, tiny, capsys):
     code = cli_main(["export", "--task", "sequence-classification", "--checkpoint", str(folder),
                      "--output", str(tmp_path / "cls" / "model.onnx"), "--allow-random-head"])
     printed = capsys.readouterr()
-    assert code == 0 and "has no tokenizer files (vocab.txt or tokenizer.json), so the artifact runs on token " \
-        "ids" in printed.out + printed.err
+    assert code == 0 and f"no tokenizer files (vocab.txt or tokenizer.json) in {folder}, so the artifact runs on " \
+        f"token ids" in printed.out + printed.err and f"put the tokenizer's vocab.txt in {folder}" in printed.err
 
 
 def test_causal_lm_is_loaded_as_a_decoder(tmp_path, tiny):
