@@ -362,9 +362,11 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- triton / serve (serving/)
-def _add_repository_options(p: argparse.ArgumentParser) -> None:
+def _add_repository_options(p: argparse.ArgumentParser) -> dict[str, object]:
+    """The options that shape a repository; returns their defaults (dest -> default)."""
     from .runtime.artifact import RUNTIME_BACKENDS
 
+    before = len(p._actions)
     p.add_argument("--layout", choices=["python", "ensemble"], default=None,
                    help="python: one python-backend model running this runtime (any tritonserver with the python "
                         "backend); ensemble: tokenize -> onnxruntime_onnx/tensorrt_plan -> postprocess (NVIDIA's "
@@ -389,6 +391,7 @@ def _add_repository_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sequence-bucket", type=int, default=16,
                    help="ensemble: pad token ids to a multiple of this, so requests of similar length batch "
                         "(default: 16)")
+    return {action.dest: action.default for action in p._actions[before:]}
 
 
 def _repository_options(args: argparse.Namespace) -> dict:
@@ -439,8 +442,9 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "serve", help="serve an artifact with a local tritonserver (HTTP + gRPC) until Ctrl-C",
         description="Write a model repository for ARTIFACT to a temp folder and run tritonserver on it: the one "
                     "nvidia-pytriton installed in --python-env (python backend only, so --layout python), else the "
-                    "one on PATH. Stops with its model processes on Ctrl-C or SIGTERM.")
-    p.add_argument("artifact", help="artifact folder")
+                    "one on PATH. Given a repository that `mbert-export triton` wrote, serve it as it is. Stops "
+                    "with its model processes on Ctrl-C or SIGTERM.")
+    p.add_argument("artifact", help="artifact folder, or a model repository written by `mbert-export triton`")
     p.add_argument("--name", help="model name (default: the artifact folder's name)")
     p.add_argument("--http-port", type=_port, default=8000, help="0: a free port")
     p.add_argument("--grpc-port", type=_port, default=8001, help="0: a free port")
@@ -449,17 +453,19 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--python-env", help="virtual environment that runs the python models (numpy<2, tokenizers, "
                                         "onnxruntime, or openvino for an OpenVINO build; default "
                                         "$MBERT_TRITON_ENV, else this one)")
-    _add_repository_options(p)
-    p.set_defaults(run=run_serve)
+    shaping = _add_repository_options(p)
+    p.set_defaults(run=run_serve, repository_defaults={"name": None, **shaping})
 
 
 def run_serve(args: argparse.Namespace) -> int:
     import signal
-    import tempfile
+    import shutil
     import time
 
-    from .serving.repository import write_repository
-    from .serving.server import ServerError, find_tritonserver, start_server
+    from pathlib import Path
+
+    from .serving.repository import client_models, read_repository, write_repository
+    from .serving.server import ServerError, find_tritonserver, make_workdir, start_server
 
     try:
         install, _ = find_tritonserver(args.python_env)
@@ -470,10 +476,21 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"the tritonserver of nvidia-pytriton ({install.binary}) has only the python backend; the "
                          "ensemble layout needs the onnxruntime/tensorrt backends of NVIDIA's tritonserver "
                          "container: use --layout python here")
-    with tempfile.TemporaryDirectory(prefix="mbert-serve-") as work:
-        repository = f"{work}/repository"
-        entries = write_repository([args.artifact], repository, names=[args.name] if args.name else None,
-                                   **_repository_options(args))
+    given = Path(args.artifact)
+    served = read_repository(given) if given.is_dir() and not (given / "model.onnx").exists() else []
+    shaped = [dest for dest, default in args.repository_defaults.items() if getattr(args, dest) != default]
+    if served and shaped:
+        raise ValueError(f"{given} is a model repository, served as it is: "
+                         f"{', '.join('--' + d.replace('_', '-') for d in shaped)} shape a repository written "
+                         "from an artifact (mbert-export triton ... --repository DIR)")
+    work = make_workdir("mbert-serve-")  # removed below; after a SIGKILL, by the next serve
+    try:
+        if served:
+            repository, entries = given, served
+        else:
+            repository = work / "repository"
+            entries = write_repository([args.artifact], repository, names=[args.name] if args.name else None,
+                                       **_repository_options(args))
         progress(f"serve: starting tritonserver on {repository}")
 
         def interrupt(signum, frame):  # SIGTERM behaves as Ctrl-C: the server and its models are stopped
@@ -483,17 +500,20 @@ def run_serve(args: argparse.Namespace) -> int:
         try:
             try:
                 server = start_server(repository, http_port=args.http_port, grpc_port=args.grpc_port,
-                                      metrics_port=args.metrics_port, host=args.host, python_env=args.python_env)
+                                      metrics_port=args.metrics_port, host=args.host, python_env=args.python_env,
+                                      workdir=work / "server")
             except ServerError as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 1
             except KeyboardInterrupt:  # start_server has stopped what it started
                 progress("serve: interrupted while starting")
                 return 130
-            name = entries[-1].name
-            print(f"serving {args.artifact} as model {name!r} ({entries[-1].describe()}):\n  HTTP    http://{server.http_url}/v2/models/{name}\n"
-                  f"  gRPC    {server.grpc_url}\n  metrics {server.metrics_url}\n"
-                  f"  client  TritonMegatronBert({server.http_url!r}, {name!r})\nCtrl-C stops.", flush=True)
+            lines = [f"serving {args.artifact}:"]
+            for entry in client_models(entries):
+                lines += [f"  model {entry.name!r} ({entry.describe()}): http://{server.http_url}/v2/models/{entry.name}",
+                          f"    client  TritonMegatronBert({server.http_url!r}, {entry.name!r})"]
+            lines += [f"  gRPC    {server.grpc_url}", f"  metrics {server.metrics_url}", "Ctrl-C stops."]
+            print("\n".join(lines), flush=True)
             interrupted = False
             try:
                 while server.process.poll() is None:
@@ -506,6 +526,8 @@ def run_serve(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
         progress(f"serve: tritonserver stopped (status {status})")
         return 0 if interrupted else 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- main

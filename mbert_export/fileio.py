@@ -22,6 +22,25 @@ EXTERNAL_DATA_THRESHOLD = 512 * 1024**2
 PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (os.umask can only swap)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _as_created(path: Path, mode: int) -> None:
+    """Give a mkstemp/mkdtemp path (0600/0700) the mode a plain open/mkdir would: the output is for
+    other users too (a Triton container, a model-serving account), not only its writer."""
+    os.chmod(path, mode & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; rename it onto `target` only if the block succeeds."""
@@ -30,6 +49,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    _as_created(tmp_path, 0o666)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -83,6 +103,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str
         raise FileExistsError(f"cannot create {target}: {blocked} is a file, not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _as_created(tmp, 0o777)
     try:
         yield tmp
         if target.exists():

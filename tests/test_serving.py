@@ -16,6 +16,8 @@ import json
 import os
 import re
 import shutil
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -601,7 +603,6 @@ def test_serve_command_serves_until_stopped(server_env, artifacts, runtimes, sto
     """`mbert-export serve` in a subprocess: prints its URLs and answers. SIGTERM stops it with its
     models; SIGKILL (no cleanup possible) still takes the server and its models down with it."""
     import signal
-    import subprocess
 
     env = server_env
     command = [sys.executable, "-m", "mbert_export", "serve", str(artifacts["mlm"]), "--name", "mlm",
@@ -630,16 +631,62 @@ def test_serve_command_serves_until_stopped(server_env, artifacts, runtimes, sto
         while _processes_mentioning(repository) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert _processes_mentioning(repository) == []
+        work = Path(repository).parent  # serve's temp folder: the repository and the server's work folder
         if stop == "SIGTERM":
-            assert status == 0 and "tritonserver stopped (status 0)" in stderr and not Path(repository).exists()
-        else:
-            assert status == -signal.SIGKILL
+            assert status == 0 and "tritonserver stopped (status 0)" in stderr and not work.exists()
+        else:  # nothing could clean up; the next start removes the folder of a process that is gone
+            assert status == -signal.SIGKILL and (work / "server" / "tritonserver.log").is_file()
+            from mbert_export.serving.server import make_workdir
+
+            shutil.rmtree(make_workdir("mbert-serve-"))
+            assert not work.exists()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(30)
-        if repository and stop == "SIGKILL":  # nothing could remove it
-            shutil.rmtree(repository, ignore_errors=True)
+        if repository:
+            shutil.rmtree(Path(repository).parent, ignore_errors=True)
+
+
+def test_serve_command_serves_a_repository_as_it_is(server_env, artifacts, runtimes, tmp_path, capsys):
+    """`serve REPO` on what `mbert-export triton` wrote: every model it holds, under its own name; the
+    options that shape a repository are refused there."""
+    import signal
+
+    from mbert_export.cli import main
+    from mbert_export.serving import TritonMegatronBert
+    from mbert_export.serving.repository import write_repository
+
+    repository = tmp_path / "repo"
+    write_repository([artifacts["mlm"], artifacts["token-classification"]], repository, names=["mlm", "ner"],
+                     instances=1, threads=1)
+    assert main(["serve", str(repository), "--name", "x", "--instances", "2", "--python-env", server_env]) == 2
+    assert "repo is a model repository, served as it is: --name, --instances shape" in capsys.readouterr().err
+    command = [sys.executable, "-m", "mbert_export", "serve", str(repository), "--http-port", "0", "--grpc-port",
+               "0", "--metrics-port", "0", "--python-env", server_env]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not any("Ctrl-C stops" in line for line in lines):
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        clients = [line.split("TritonMegatronBert(", 1)[1] for line in lines if "TritonMegatronBert(" in line]
+        assert [c.split("'")[3] for c in clients] == ["mlm", "ner"], lines
+        url = clients[0].split("'")[1]
+        with TritonMegatronBert(url, "mlm") as mlm, TritonMegatronBert(url, "ner") as ner:
+            assert_same(mlm.fill_mask(MLM_TEXTS[0]), runtimes["mlm"].fill_mask(MLM_TEXTS[0]))
+            assert_same(ner.classify_tokens(TEXTS[0]), runtimes["token-classification"].classify_tokens(TEXTS[0]))
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(30)
+    assert sorted(p.name for p in repository.iterdir()) == ["mlm", "ner"]  # served in place, left as it was
+    assert _processes_mentioning(str(repository)) == []
 
 
 # ---------------------------------------------------------------------------- the python model, in-process
@@ -732,3 +779,31 @@ def test_server_environment_problems_are_named(tmp_path):
         with pytest.raises(ServerError, match="lacks no_such_runtime, which the python models import: "
                                               r"\S+/bin/pip install 'no-such-runtime>=1,<2'"):
             _check_model_env(Path(SERVER_ENV), {"tokenizers": "tokenizers", "no_such_runtime": "no-such-runtime>=1,<2"})
+        busy = socket.socket()
+        try:  # a port another process holds: refused before the server starts, with the option to change
+            busy.bind(("127.0.0.1", 0))
+            busy.listen()
+            port = busy.getsockname()[1]
+            with pytest.raises(ServerError, match=f"port {port} on 127.0.0.1 is not free .*; choose another "
+                                                  "--grpc-port, or 0 for a free one"):
+                start_server(tmp_path, python_env=SERVER_ENV, grpc_port=port)
+        finally:
+            busy.close()
+    bare = tmp_path / "bare-venv"  # no numpy, no tokenizers: both named at once, no traceback
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    with pytest.raises(ServerError, match=r"bare-venv lacks numpy, tokenizers, which the python models import: "
+                                          r"\S+/bin/pip install 'numpy<2' tokenizers$"):
+        _check_model_env(bare, {"tokenizers": "tokenizers"})
+
+
+def test_client_names_an_unreachable_server():
+    _tritonclient()
+    from mbert_export.serving import TritonMegatronBert, TritonRequestError
+    from mbert_export.serving.server import free_port
+
+    url = f"127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(TritonRequestError, match=f"no Triton HTTP endpoint answers at {url} "
+                                                 r"\(ConnectionRefusedError: .*\); is the server running"):
+        TritonMegatronBert(url, "mlm", timeout=5)
+    with pytest.raises(TritonRequestError, match=f"cannot read the config of model 'mlm' at {url}: failed to connect"):
+        TritonMegatronBert(url, "mlm", "grpc", timeout=5)

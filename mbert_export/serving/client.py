@@ -12,6 +12,7 @@ refuses raises `TritonRequestError` (a ValueError) with the server's message. On
 from __future__ import annotations
 
 import functools
+import http.client
 import inspect
 import json
 from typing import Any
@@ -45,6 +46,17 @@ def _import(protocol: str):
     return module, InferenceServerException
 
 
+#: What the HTTP client raises, unwrapped, when nothing (or no HTTP server) answers at the URL: socket
+#: errors and geventhttpclient's parse error (http.client.HTTPException), e.g. on the gRPC port.
+_CONNECTION_ERRORS = (OSError, http.client.HTTPException)
+
+
+def _unreachable(url: str, protocol: str, error: Exception) -> str:
+    kind = "HTTP" if protocol == "http" else "gRPC"
+    return (f"no Triton {kind} endpoint answers at {url} ({type(error).__name__}: {error}); is the server running, "
+            f"and is this its {kind} port?")
+
+
 class TritonMegatronBert:
     """A model served by Triton (written by `mbert-export triton`), with the runtime's task methods."""
 
@@ -60,6 +72,9 @@ class TritonMegatronBert:
         except self._server_error as exc:
             self.client.close()
             raise TritonRequestError(f"cannot read the config of model {name!r} at {url}: {exc.message()}") from None
+        except _CONNECTION_ERRORS as exc:
+            self.client.close()
+            raise TritonRequestError(_unreachable(url, protocol, exc)) from None
         config = config.get("config", config)  # grpc (as_json) wraps it
         self.config = config
         self.parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
@@ -144,6 +159,8 @@ class TritonMegatronBert:
                                           parameters=parameters)
             except self._server_error as exc:
                 raise TritonRequestError(exc.message() or str(exc)) from None
+            except _CONNECTION_ERRORS as exc:
+                raise TritonRequestError(_unreachable(self.url, self.protocol, exc)) from None
             results += [json.loads(r[0]) for r in reply.as_numpy(RESULT)]
         return results
 

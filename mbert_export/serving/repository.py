@@ -31,7 +31,8 @@ from ..tasks import Task
 from .interface import RESULT, task_defaults, task_inputs
 from .triton_models import ARTIFACT_DIR, ARTIFACT_INFO, artifact_info
 
-__all__ = ["write_repository", "ModelEntry", "graph_io", "LAYOUTS", "ENSEMBLE_METHODS"]
+__all__ = ["write_repository", "read_repository", "client_models", "ModelEntry", "graph_io", "LAYOUTS",
+           "ENSEMBLE_METHODS"]
 
 LAYOUTS = ("python", "ensemble")
 #: Methods whose rows map one text to one graph row (an ensemble step cannot change the row count;
@@ -72,6 +73,26 @@ class ModelEntry:
     def describe(self) -> str:
         """e.g. "python running openvino" or "onnxruntime_onnx"."""
         return self.kind + (f" running {self.runtime}" if self.runtime else "")
+
+
+def read_repository(folder: str | os.PathLike) -> list[ModelEntry]:
+    """The models of a repository folder (one sub-folder with a config.pbtxt each), as write_repository
+    describes them; [] when `folder` holds none. Read from the configs' text: `serve` only names them."""
+    entries = []
+    for config_path in sorted(Path(folder).glob("*/config.pbtxt")):
+        text = config_path.read_text(errors="replace")
+        kind = re.search(r'^\s*(?:backend|platform)\s*:\s*"([^"]+)"', text, re.MULTILINE)
+        runtime = re.search(r'key\s*:\s*"backend"\s*value\s*\{\s*string_value\s*:\s*"([^"]+)"', text)
+        entries.append(ModelEntry(config_path.parent.name, kind[1] if kind else "unknown", text,
+                                  runtime=runtime[1] if runtime and kind and kind[1] == "python" else ""))
+    return entries
+
+
+def client_models(entries: Sequence[ModelEntry]) -> list[ModelEntry]:
+    """The models clients call: all but the steps of an ensemble (NAME_tokenize, NAME_model, ...)."""
+    steps = {name for entry in entries if entry.kind == "ensemble"
+             for name in re.findall(r'model_name\s*:\s*"([^"]+)"', entry.config)}
+    return [e for e in entries if e.name not in steps]
 
 
 # ---------------------------------------------------------------------------- graph inputs/outputs

@@ -48,6 +48,26 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+#: In each work folder: the PID of the process that made it, so a later start can remove the folders
+#: of processes that died without cleaning up (SIGKILL).
+OWNER_FILE = "owner.pid"
+
+
+def make_workdir(prefix: str = "mbert-triton-") -> Path:
+    """A new temp folder (the caller removes it), after removing those of `prefix` whose owner died."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
+        try:
+            owner = int((folder / OWNER_FILE).read_text())
+            os.kill(owner, 0)
+        except ProcessLookupError:  # its process is gone
+            shutil.rmtree(folder, ignore_errors=True)
+        except (OSError, ValueError):  # not ours to judge: no or bad owner file, or another user's process
+            pass
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    (folder / OWNER_FILE).write_text(f"{os.getpid()}\n")
+    return folder
+
+
 def _site_packages(env: Path) -> list[Path]:
     return sorted(env.glob("lib/python3*/site-packages"))
 
@@ -90,7 +110,7 @@ def find_tritonserver(python_env: str | os.PathLike | None = None) -> tuple[Serv
         version = _site_packages(env)[0].parent.name.removeprefix("python") if _site_packages(env) else ""
         return ServerInstall(Path(on_path), None, version), env
     raise ServerError(f"no tritonserver found: none on PATH and no nvidia-pytriton in {env}; make a server venv "
-                      f"(pip install --no-deps nvidia-pytriton && pip install 'numpy<2' tokenizers onnxruntime) "
+                      f"(pip install --no-deps nvidia-pytriton==0.7.0 && pip install 'numpy<2' tokenizers onnxruntime) "
                       f"and pass it (--python-env / ${ENV_VARIABLE}), or run in NVIDIA's tritonserver container")
 
 
@@ -143,24 +163,44 @@ def _python_model_imports(repository: Path) -> dict[str, str]:
 
 def _check_model_env(env: Path, modules: dict[str, str]) -> None:
     """Refuse a model environment the 2.51 python stub cannot serve (numpy >= 2 crashes it on the first
-    string input) or that lacks `modules` (module -> pip requirement), which the python models import."""
-    probe = ("import importlib.util, numpy; print(numpy.__version__); "
-             f"print(','.join(m for m in {sorted(modules)!r} if importlib.util.find_spec(m) is None))")
+    string input) or that lacks `modules` (module -> pip requirement), which the python models import;
+    every missing module is named at once, with the pip command that installs them."""
+    modules = {"numpy": "numpy<2", **modules}
+    probe = ("import importlib.util\n"
+             f"missing = [m for m in {sorted(modules)!r} if importlib.util.find_spec(m) is None]\n"
+             "print(','.join(missing))\n"
+             "if 'numpy' not in missing:\n"
+             "    import numpy\n"
+             "    print(numpy.__version__)\n")
     try:
         out = subprocess.run([str(env / "bin" / "python"), "-c", probe], capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ServerError(f"cannot run the Python of {env}: {exc}") from None
     if out.returncode != 0:
-        raise ServerError(f"{env} has no numpy (the python backend needs numpy < 2): {out.stderr.strip()[-300:]}")
-    version, missing = (out.stdout.splitlines() + ["", ""])[:2]
-    if int(version.split(".")[0]) >= 2:
-        raise ServerError(f"{env} has numpy {version}: tritonserver 2.51's python stub crashes on string inputs "
-                          "with numpy 2; install numpy<2 there (a venv of its own)")
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ServerError(f"the Python of {env} fails to start or to import numpy ({last}); make it a fresh venv "
+                          "as the README's serving section shows")
+    missing, version = (out.stdout.splitlines() + ["", ""])[:2]
     if missing:
         install = " ".join(f"'{modules[m]}'" if any(c in modules[m] for c in "<>=") else modules[m]
                            for m in missing.split(","))
         raise ServerError(f"{env} lacks {missing.replace(',', ', ')}, which the python models import: "
                           f"{env / 'bin' / 'pip'} install {install}")
+    if int(version.split(".")[0]) >= 2:
+        raise ServerError(f"{env} has numpy {version}: tritonserver 2.51's python stub crashes on string inputs "
+                          "with numpy 2; install numpy<2 there (a venv of its own)")
+
+
+def _check_ports_free(host: str, ports: dict[str, int]) -> None:
+    """Refuse a port another process listens on now, rather than after the server's start fails on it."""
+    for option, port in ports.items():
+        if port:
+            with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+                try:
+                    s.bind((host, port))
+                except OSError as exc:
+                    raise ServerError(f"port {port} on {host} is not free ({exc.strerror}); choose another "
+                                      f"{option}, or 0 for a free one") from None
 
 
 class TritonServer:
@@ -195,11 +235,13 @@ class TritonServer:
             return ""
 
     def load_failures(self) -> list[str]:
-        """One line per model the server failed to load, from the model table of its log."""
+        """One line per model the server failed to load, from the model table of its log, and the
+        socket it could not bind (another process took the port after the start checked it)."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
             return []
+        taken = re.findall(r"Socket '([^']+)' already in use", text)
         failures, reason = [], None
         for line in text.splitlines():
             row = re.match(r"\|\s*(\S+)\s*\|\s*(\d+)\s*\|\s*UNAVAILABLE:\s*(.*?)\s*\|\s*$", line)
@@ -211,7 +253,7 @@ class TritonServer:
                 reason.append(more[1])
             else:  # a blank cell, the traceback's "At:" or the table's end closes the reason
                 reason = None
-        return [" ".join(parts) for parts in failures]
+        return [" ".join(parts) for parts in failures] + [f"{socket_} is already in use" for socket_ in taken]
 
     def _failed(self, what: str) -> ServerError:
         failures = self.load_failures()
@@ -312,29 +354,36 @@ def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port
     if not repository.is_dir():
         raise ServerError(f"{repository} is not a model repository folder")
     install, env = find_tritonserver(python_env)
-    owns = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="mbert-triton-")) if owns else Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
-    ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
-    command = [str(install.binary), f"--model-repository={repository}", f"--http-address={host}",
-               f"--http-port={ports[0]}", f"--grpc-address={host}", f"--grpc-port={ports[1]}",
-               f"--metrics-address={host}", f"--metrics-port={ports[2]}", "--exit-timeout-secs=10",
-               "--strict-readiness=true", f"--log-verbose={log_verbose}"]
-    environ = dict(os.environ)
-    environ["PATH"] = f"{env / 'bin'}{os.pathsep}{environ.get('PATH', '')}"
-    environ["VIRTUAL_ENV"] = str(env)
-    environ.pop("PYTHONHOME", None)
+    _check_ports_free(host, {"--http-port": http_port, "--grpc-port": grpc_port, "--metrics-port": metrics_port})
     if install.pytriton_root is not None:
         _check_model_env(env, _python_model_imports(repository))
-        command.append(f"--backend-directory={_backend_dir(install, work)}")
-        libraries = [str(p) for p in install.library_dirs] + [environ.get("LD_LIBRARY_PATH", "")]
-        environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libraries if p)
-    command += list(extra_args or [])
-    log_path = work / "tritonserver.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=environ, cwd=work, start_new_session=True,
-                                   preexec_fn=_end_with_parent())
+    owns = workdir is None
+    work = make_workdir() if owns else Path(workdir)
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
+        command = [str(install.binary), f"--model-repository={repository}", f"--http-address={host}",
+                   f"--http-port={ports[0]}", f"--grpc-address={host}", f"--grpc-port={ports[1]}",
+                   f"--metrics-address={host}", f"--metrics-port={ports[2]}", "--exit-timeout-secs=10",
+                   "--strict-readiness=true", f"--log-verbose={log_verbose}"]
+        environ = dict(os.environ)
+        environ["PATH"] = f"{env / 'bin'}{os.pathsep}{environ.get('PATH', '')}"
+        environ["VIRTUAL_ENV"] = str(env)
+        environ.pop("PYTHONHOME", None)
+        if install.pytriton_root is not None:
+            command.append(f"--backend-directory={_backend_dir(install, work)}")
+            libraries = [str(p) for p in install.library_dirs] + [environ.get("LD_LIBRARY_PATH", "")]
+            environ["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libraries if p)
+        command += list(extra_args or [])
+        log_path = work / "tritonserver.log"
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       env=environ, cwd=work, start_new_session=True,
+                                       preexec_fn=_end_with_parent())
+    except BaseException:  # nothing started: leave no work folder behind
+        if owns:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
     server = TritonServer(process, *ports, host, work, log_path, owns)
     try:
         server.wait_ready(timeout)
