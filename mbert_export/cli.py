@@ -472,10 +472,6 @@ def run_serve(args: argparse.Namespace) -> int:
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if install.pytriton_root is not None and args.layout == "ensemble":
-        raise ValueError(f"the tritonserver of nvidia-pytriton ({install.binary}) has only the python backend; the "
-                         "ensemble layout needs the onnxruntime/tensorrt backends of NVIDIA's tritonserver "
-                         "container: use --layout python here")
     given = Path(args.artifact)
     served = read_repository(given) if given.is_dir() and not (given / "model.onnx").exists() else []
     shaped = [dest for dest, default in args.repository_defaults.items() if getattr(args, dest) != default]
@@ -483,6 +479,15 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"{given} is a model repository, served as it is: "
                          f"{', '.join('--' + d.replace('_', '-') for d in shaped)} shape a repository written "
                          "from an artifact (mbert-export triton ... --repository DIR)")
+    if install.pytriton_root is not None and args.layout == "ensemble":
+        raise ValueError(f"the tritonserver of nvidia-pytriton ({install.binary}) has only the python backend; the "
+                         "ensemble layout needs the onnxruntime/tensorrt backends of NVIDIA's tritonserver "
+                         "container: use --layout python here")
+    foreign = sorted({e.kind for e in served} - {"python", "ensemble"})
+    if foreign and install.pytriton_root is not None:
+        raise ValueError(f"{given} holds {', '.join(foreign)} models, and the tritonserver of nvidia-pytriton "
+                         f"({install.binary}) has only the python backend: serve it in NVIDIA's tritonserver "
+                         "container, or write a python-layout repository (mbert-export triton ... --layout python)")
     work = make_workdir("mbert-serve-")  # removed below; after a SIGKILL, by the next serve
     try:
         if served:

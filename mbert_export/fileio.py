@@ -37,8 +37,12 @@ def _umask() -> int:
 
 def _as_created(path: Path, mode: int) -> None:
     """Give a mkstemp/mkdtemp path (0600/0700) the mode a plain open/mkdir would: the output is for
-    other users too (a Triton container, a model-serving account), not only its writer."""
-    os.chmod(path, mode & ~_umask())
+    other users too (a Triton container, a model-serving account), not only its writer. Best effort:
+    some file systems (CIFS, vfat) take no modes."""
+    try:
+        os.chmod(path, mode & ~_umask())
+    except OSError:
+        pass
 
 
 @contextlib.contextmanager

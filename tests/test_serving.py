@@ -662,6 +662,9 @@ def test_serve_command_serves_a_repository_as_it_is(server_env, artifacts, runti
                      instances=1, threads=1)
     assert main(["serve", str(repository), "--name", "x", "--instances", "2", "--python-env", server_env]) == 2
     assert "repo is a model repository, served as it is: --name, --instances shape" in capsys.readouterr().err
+    write_repository([artifacts["mlm"]], tmp_path / "ensemble", layout="ensemble")
+    assert main(["serve", str(tmp_path / "ensemble"), "--python-env", server_env]) == 2
+    assert "holds onnxruntime_onnx models, and the tritonserver of nvidia-pytriton" in capsys.readouterr().err
     command = [sys.executable, "-m", "mbert_export", "serve", str(repository), "--http-port", "0", "--grpc-port",
                "0", "--metrics-port", "0", "--python-env", server_env]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -794,6 +797,30 @@ def test_server_environment_problems_are_named(tmp_path):
     with pytest.raises(ServerError, match=r"bare-venv lacks numpy, tokenizers, which the python models import: "
                                           r"\S+/bin/pip install 'numpy<2' tokenizers$"):
         _check_model_env(bare, {"tokenizers": "tokenizers"})
+
+
+def test_work_folders_of_dead_processes_are_removed_and_no_other(tmp_path, monkeypatch):
+    """make_workdir removes a folder of its prefix only when its owner, on this host and PID namespace,
+    is gone; a live owner's, another host's, and a folder without a readable owner are kept."""
+    import tempfile
+
+    from mbert_export.serving.server import OWNER_FILE, _process_identity, make_workdir
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    finished = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead = _process_identity(finished.pid)
+    finished.wait()
+    me = _process_identity(os.getpid())
+    owners = {"dead": dead, "reused-pid": me.rsplit(" ", 1)[0] + " 1", "live": me,
+              "other-host": "elsewhere " + " ".join(me.split()[1:]), "garbage": "99999999999", "none": None}
+    for name, owner in owners.items():
+        (tmp_path / f"mbert-test-{name}").mkdir()
+        if owner is not None:
+            (tmp_path / f"mbert-test-{name}" / OWNER_FILE).write_text(owner + "\n")
+    made = make_workdir("mbert-test-")
+    assert sorted(p.name for p in tmp_path.iterdir() if p != made) == [
+        "mbert-test-garbage", "mbert-test-live", "mbert-test-none", "mbert-test-other-host"]
+    assert (made / OWNER_FILE).read_text().split() == me.split()
 
 
 def test_client_names_an_unreachable_server():

@@ -15,6 +15,7 @@ import functools
 import http.client
 import inspect
 import json
+import socket
 from typing import Any
 
 import numpy as np
@@ -46,9 +47,10 @@ def _import(protocol: str):
     return module, InferenceServerException
 
 
-#: What the HTTP client raises, unwrapped, when nothing (or no HTTP server) answers at the URL: socket
-#: errors and geventhttpclient's parse error (http.client.HTTPException), e.g. on the gRPC port.
-_CONNECTION_ERRORS = (OSError, http.client.HTTPException)
+#: What the HTTP client raises, unwrapped, when nothing (or no HTTP server) answers at the URL: a refused
+#: or reset connection, an unknown host, and geventhttpclient's parse error (http.client.HTTPException),
+#: e.g. on the gRPC port. Timeouts are not among them: a slow answer is not a missing server.
+_CONNECTION_ERRORS = (ConnectionError, socket.gaierror, http.client.HTTPException)
 
 
 def _unreachable(url: str, protocol: str, error: Exception) -> str:
@@ -74,7 +76,7 @@ class TritonMegatronBert:
             raise TritonRequestError(f"cannot read the config of model {name!r} at {url}: {exc.message()}") from None
         except _CONNECTION_ERRORS as exc:
             self.client.close()
-            raise TritonRequestError(_unreachable(url, protocol, exc)) from None
+            raise TritonRequestError(_unreachable(url, protocol, exc)) from exc
         config = config.get("config", config)  # grpc (as_json) wraps it
         self.config = config
         self.parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
@@ -160,7 +162,7 @@ class TritonMegatronBert:
             except self._server_error as exc:
                 raise TritonRequestError(exc.message() or str(exc)) from None
             except _CONNECTION_ERRORS as exc:
-                raise TritonRequestError(_unreachable(self.url, self.protocol, exc)) from None
+                raise TritonRequestError(_unreachable(self.url, self.protocol, exc)) from exc
             results += [json.loads(r[0]) for r in reply.as_numpy(RESULT)]
         return results
 

@@ -32,7 +32,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["TritonServer", "start_server", "find_tritonserver", "free_port", "ServerError", "ENV_VARIABLE"]
+__all__ = ["TritonServer", "start_server", "find_tritonserver", "free_port", "make_workdir", "ServerError",
+           "ENV_VARIABLE"]
 
 #: Environment variable naming the server/model virtual environment.
 ENV_VARIABLE = "MBERT_TRITON_ENV"
@@ -48,23 +49,35 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-#: In each work folder: the PID of the process that made it, so a later start can remove the folders
-#: of processes that died without cleaning up (SIGKILL).
-OWNER_FILE = "owner.pid"
+#: In each work folder: who made it (host, PID namespace, PID and the process's start time), so that a
+#: later start on the same host and namespace can remove the folders of processes that died without
+#: cleaning up (SIGKILL). A folder whose owner cannot be told apart from a live one is kept.
+OWNER_FILE = "owner"
+
+
+def _process_identity(pid: int) -> str | None:
+    """host, PID namespace, PID and start time of a live process; None when there is no such process."""
+    try:
+        start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]  # field 22: starttime
+        namespace = os.readlink("/proc/self/ns/pid")
+    except (OSError, IndexError):
+        return None
+    return f"{socket.gethostname()} {namespace} {pid} {start}"
 
 
 def make_workdir(prefix: str = "mbert-triton-") -> Path:
     """A new temp folder (the caller removes it), after removing those of `prefix` whose owner died."""
+    here = (_process_identity(os.getpid()) or "").split()[:2]  # this host and PID namespace
     for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
         try:
-            owner = int((folder / OWNER_FILE).read_text())
-            os.kill(owner, 0)
-        except ProcessLookupError:  # its process is gone
-            shutil.rmtree(folder, ignore_errors=True)
-        except (OSError, ValueError):  # not ours to judge: no or bad owner file, or another user's process
-            pass
+            owner = (folder / OWNER_FILE).read_text().split()
+        except OSError:  # no owner file (an older version, or still being made) or another user's folder
+            continue
+        if len(here) == 2 and len(owner) == 4 and owner[:2] == here and owner[2].isdigit():
+            if _process_identity(int(owner[2])) != " ".join(owner):  # that process is gone (or its PID reused)
+                shutil.rmtree(folder, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix=prefix))
-    (folder / OWNER_FILE).write_text(f"{os.getpid()}\n")
+    (folder / OWNER_FILE).write_text((_process_identity(os.getpid()) or "unknown") + "\n")
     return folder
 
 
@@ -195,7 +208,10 @@ def _check_ports_free(host: str, ports: dict[str, int]) -> None:
     """Refuse a port another process listens on now, rather than after the server's start fails on it."""
     for option, port in ports.items():
         if port:
-            with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            with contextlib.closing(socket.socket(family, socket.SOCK_STREAM)) as s:
+                # as tritonserver binds: a port still in TIME_WAIT after a stop is free, a listened one is not
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     s.bind((host, port))
                 except OSError as exc:
