@@ -598,6 +598,18 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
+def _serve_banner(process, timeout: float = 120) -> list[str]:
+    """What a `mbert-export serve` subprocess prints up to "Ctrl-C stops." (its URLs), read for at most `timeout` s."""
+    lines: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not any("Ctrl-C stops" in line for line in lines):
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+    return lines
+
+
 @pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
 def test_serve_command_serves_until_stopped(server_env, artifacts, runtimes, stop):
     """`mbert-export serve` in a subprocess: prints its URLs and answers. SIGTERM stops it with its
@@ -610,13 +622,7 @@ def test_serve_command_serves_until_stopped(server_env, artifacts, runtimes, sto
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     repository = None
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any("Ctrl-C stops" in line for line in lines):
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
+        lines = _serve_banner(process)
         url = next(line.split("'")[1] for line in lines if "TritonMegatronBert(" in line)
         assert url.startswith("127.0.0.1:")
         from mbert_export.serving import TritonMegatronBert
@@ -669,13 +675,7 @@ def test_serve_command_serves_a_repository_as_it_is(server_env, artifacts, runti
                "0", "--metrics-port", "0", "--python-env", server_env]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        lines = []
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not any("Ctrl-C stops" in line for line in lines):
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
+        lines = _serve_banner(process)
         clients = [line.split("TritonMegatronBert(", 1)[1] for line in lines if "TritonMegatronBert(" in line]
         assert [c.split("'")[3] for c in clients] == ["mlm", "ner"], lines
         url = clients[0].split("'")[1]
