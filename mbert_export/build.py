@@ -410,6 +410,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
     from .export import copy_tokenizer, export_onnx, load_model_for_task
     from .fileio import atomic_dir
     from .reference import REFERENCE_FILE
+    from .runtime.artifact import TOKENIZER_FILES
     from .precision import check_precision, convert_fp16, quantize_int8, quantize_int8_dynamic
 
     say = progress or (lambda message: None)
@@ -513,9 +514,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                if precision == "int8" and recipe == "dynamic" else {}),
             "calibration": calibration_info, "accuracy": accuracy,
             "versions": library_versions(), "machine": machine_info(),
-            "tokenizer_files": sorted(p.name for p in stage.iterdir()
-                                      if p.name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json",
-                                                    "special_tokens_map.json")),
+            "tokenizer_files": sorted(p.name for p in stage.iterdir() if p.name in TOKENIZER_FILES),
         }
         if backend == "openvino":
             from .runtime.openvino.loader import cpu_capabilities, openvino_version

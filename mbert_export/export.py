@@ -30,13 +30,12 @@ from .config import MegatronBertConfig
 from .fileio import EXTERNAL_DATA_THRESHOLD, atomic_path, publish_onnx, staging_dir
 from .modeling import MODEL_CLASSES, MegatronBertPreTrainedModel
 from .reference import reference_outputs, write_reference_vectors
-from .runtime.artifact import TOKENIZER_MAIN_FILES
+from .runtime.artifact import TOKENIZER_FILES, TOKENIZER_MAIN_FILES
 from .tasks import BATCH, NUM_CHOICES, SEQUENCE, Task, get_task, sample_inputs  # noqa: F401 (re-exported)
 
 MIN_OPSET = 17  # first opset with a native LayerNormalization (TensorRT keeps its accumulation in FP32)
 DEFAULT_OPSET = 18  # the dynamo exporter's own minimum; TensorRT 10/11 parse opsets 9..24
 VERIFY_TOLERANCE = 1e-4
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 
 Progress = Callable[[str], None]
 

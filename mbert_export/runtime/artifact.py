@@ -29,6 +29,8 @@ REFERENCE_FILE = "reference.npz"
 ENGINE_SUFFIXES = (".plan", ".engine", ".trt")
 #: Either file is enough for `Tokenizer.from_pretrained` (tokenizer.json is preferred).
 TOKENIZER_MAIN_FILES = ("tokenizer.json", "vocab.txt")
+#: The tokenizer files an artifact carries beside its graph (copied from the checkpoint at export).
+TOKENIZER_FILES = (*TOKENIZER_MAIN_FILES, "tokenizer_config.json", "special_tokens_map.json")
 PREFIX = "mbert_export."
 #: The runtimes an artifact runs on: OrtMegatronBert, TRTMegatronBert, OvMegatronBert.
 RUNTIME_BACKENDS = ("onnxruntime", "tensorrt", "openvino")
@@ -215,6 +217,11 @@ def built_backend(sidecar: dict[str, Any], has_engine: bool | None = None) -> st
 MAX_DIM = 2**31 - 1
 
 
+def is_int_between(value: Any, low: int, high: int) -> bool:
+    """An int (not a bool, which Python counts as one) from `low` to `high`."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
 def _int_or_none(value: Any, what: str, where: Path) -> int | None:
     if value is None or value == "":
         return None
@@ -284,8 +291,8 @@ def _check_sidecar_types(sidecar: dict[str, Any], where: Path | None) -> None:
     for profile in profiles if isinstance(profiles, list) else [profiles]:
         axes = [profile.get(axis) for axis in ("batch", "sequence", "num_choices")
                 if axis in profile] if isinstance(profile, dict) else [None]
-        if not all(isinstance(v, list) and len(v) == 3 and all(isinstance(n, int) and not isinstance(n, bool)
-                                                               and 0 < n <= MAX_DIM for n in v) for v in axes):
+        if not all(isinstance(v, list) and len(v) == 3 and all(is_int_between(n, 1, MAX_DIM) for n in v)
+                   for v in axes):
             raise ArtifactError(f"{where}: 'profiles' must be a list of objects mapping each axis (batch, sequence, "
                                 f"num_choices) to [min, opt, max] positive integers, got {profiles!r}; rebuild the "
                                 "artifact")
@@ -355,9 +362,7 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
         limits[key] = _int_or_none(sidecar.get(key) or metadata.get(PREFIX + key), key, source)
     max_seq, max_batch = limits["max_seq_len"], limits["max_batch"]
 
-    tokenizer_files = [folder / name for name in
-                       ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
-                       if (folder / name).is_file()]
+    tokenizer_files = [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
     return Artifact(path=path, folder=folder, onnx_path=onnx_path, engine_path=engine_path, sidecar=sidecar,
                     metadata=metadata, task=task, precision=precision, config=config, id2label=id2label,
                     vocab_size=vocab_size, real_vocab_size=real, max_position_embeddings=positions,

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from ..fileio import atomic_dir
 from ..runtime.artifact import (ENGINE_FILE, MAX_DIM, RUNTIME_BACKENDS, Artifact, ArtifactError, MissingFileError,
-                                built_backend, open_artifact)
+                                built_backend, is_int_between, open_artifact)
 from ..runtime.pipeline import DEFAULT_MAX_BATCH
 from ..tasks import Task
 from .interface import RESULT, task_defaults, task_inputs
@@ -410,9 +410,9 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
     for what, value, low, high in (("instances", 1 if instances is None else instances, 1, MAX_DIM),
                                    ("max_queue_delay_us", max_queue_delay_us, 0, 2**63 - 1),
                                    ("sequence_bucket", sequence_bucket, 1, MAX_DIM), ("threads", threads, 0, MAX_DIM)):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        if not is_int_between(value, low, high):
             raise ValueError(f"{what} must be an integer from {low} to {high}, got {value!r}")
-    if any(isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= MAX_DIM for b in preferred_batch):
+    if not all(is_int_between(b, 1, MAX_DIM) for b in preferred_batch):
         raise ValueError(f"preferred batch sizes must be integers from 1 to {MAX_DIM}, got {list(preferred_batch)}")
     opened = [_open(a) for a in artifacts]
     for artifact in opened:

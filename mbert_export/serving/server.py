@@ -32,6 +32,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..runtime.artifact import is_int_between
+
 __all__ = ["TritonServer", "start_server", "find_tritonserver", "free_port", "make_workdir", "ServerError",
            "ENV_VARIABLE"]
 
@@ -67,7 +69,8 @@ def _process_identity(pid: int) -> str | None:
 
 def make_workdir(prefix: str = "mbert-triton-") -> Path:
     """A new temp folder (the caller removes it), after removing those of `prefix` whose owner died."""
-    here = (_process_identity(os.getpid()) or "").split()[:2]  # this host and PID namespace
+    me = _process_identity(os.getpid()) or "unknown"
+    here = me.split()[:2]  # this host and PID namespace
     for folder in Path(tempfile.gettempdir()).glob(f"{prefix}*"):
         try:
             owner = (folder / OWNER_FILE).read_text().split()
@@ -77,7 +80,7 @@ def make_workdir(prefix: str = "mbert-triton-") -> Path:
             if _process_identity(int(owner[2])) != " ".join(owner):  # that process is gone (or its PID reused)
                 shutil.rmtree(folder, ignore_errors=True)
     folder = Path(tempfile.mkdtemp(prefix=prefix))
-    (folder / OWNER_FILE).write_text((_process_identity(os.getpid()) or "unknown") + "\n")
+    (folder / OWNER_FILE).write_text(me + "\n")
     return folder
 
 
@@ -362,8 +365,7 @@ def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port
     server ends when the thread that started it dies, even by SIGKILL: start it from one that outlives
     it (the main thread).
     """
-    bad_ports = [p for p in (http_port, grpc_port, metrics_port) if isinstance(p, bool) or not isinstance(p, int)
-                 or not 0 <= p <= 65535]
+    bad_ports = [p for p in (http_port, grpc_port, metrics_port) if not is_int_between(p, 0, 65535)]
     if bad_ports:
         raise ServerError(f"ports are numbers from 0 (any free port) to 65535, got {bad_ports}")
     repository = Path(repository).resolve()
