@@ -280,7 +280,7 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
     # prove itself without torch (runtime.verify / mbert-export verify).
     write_reference_vectors(model, task, output.parent, max_seq_len=max_seq_len)
     result = ExportResult(output, task.name, opset, external, time.perf_counter() - start, max_abs_diff)
-    say(f"export: {result.summary()}")
+    say(f"export: done in {result.seconds:.1f} s")  # the caller reports result.summary()
     return result
 
 

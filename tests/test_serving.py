@@ -391,6 +391,20 @@ def test_concurrent_clients_are_batched_and_answer_as_serial(python_server, runt
     assert max(size for size, count in executed.items() if count) > 1, executed
 
 
+def test_config_and_statistics_read_alike_over_http_and_grpc(python_server):
+    """gRPC's answers come as the HTTP client's: counts and dims as ints, data types by name."""
+    with _client(python_server, "mlm", "http") as http, _client(python_server, "mlm", "grpc") as grpc:
+        http.fill_mask(MLM_TEXTS[0])
+        by_http, by_grpc = http.statistics(), grpc.statistics()
+        assert isinstance(by_grpc["inference_count"], int) and by_grpc["inference_count"] >= 1
+        for key in ("inference_count", "execution_count", "last_inference"):
+            assert by_grpc[key] == by_http[key], key
+        assert grpc.batch_sizes() == http.batch_sizes() and http.batch_sizes()
+        for key in ("max_batch_size", "input", "output"):
+            assert grpc.config[key] == http.config[key], key
+        assert grpc.config["input"][0]["data_type"] == "TYPE_STRING" and grpc.config["input"][0]["dims"] == [1]
+
+
 def test_bad_requests_fail_alone_in_one_batch(python_server, runtimes):
     """Good and bad requests sent at once (one dynamic batch): each bad one gets its own error."""
     import tritonclient.grpc as grpcclient

@@ -59,6 +59,31 @@ def _unreachable(url: str, protocol: str, error: Exception) -> str:
             f"and is this its {kind} port?")
 
 
+def _message_dict(message: Any) -> dict[str, Any]:
+    """A gRPC response as the dict the HTTP client returns: 64-bit integers as ints, enums by name.
+
+    Written by hand because protobuf's JSON mapping (tritonclient's `as_json=True`, `MessageToDict`)
+    turns int64/uint64 into strings and drops zero fields, so the same call would answer `"12"` over
+    gRPC and `12` over HTTP. Scalar and repeated fields are kept at their defaults; unset messages left out.
+    """
+    def scalar(field, value):
+        if field.message_type is not None:
+            return _message_dict(value)
+        return field.enum_type.values_by_number[value].name if field.enum_type is not None else value
+
+    plain: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        value, nested = getattr(message, field.name), field.message_type
+        if nested is not None and nested.GetOptions().map_entry:
+            value_field = nested.fields_by_name["value"]
+            plain[field.name] = {k: scalar(value_field, v) for k, v in value.items()}
+        elif field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED:  # >= 6.31 / older
+            plain[field.name] = [scalar(field, v) for v in value]
+        elif nested is None or message.HasField(field.name):
+            plain[field.name] = scalar(field, value)
+    return plain
+
+
 class TritonMegatronBert:
     """A model served by Triton (written by `mbert-export triton`), with the runtime's task methods."""
 
@@ -67,17 +92,16 @@ class TritonMegatronBert:
         self._module, self._server_error = _import(protocol)
         self.url, self.name, self.protocol, self.model_version = url, name, protocol, model_version
         options = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
-        self._as_json = {"as_json": True} if protocol == "grpc" else {}
         self.client = self._module.InferenceServerClient(url, **options)
         try:
-            config = self.client.get_model_config(name, model_version, **self._as_json)
+            config = self._plain(self.client.get_model_config(name, model_version))
         except self._server_error as exc:
             self.client.close()
             raise TritonRequestError(f"cannot read the config of model {name!r} at {url}: {exc.message()}") from None
         except _CONNECTION_ERRORS as exc:
             self.client.close()
             raise TritonRequestError(_unreachable(url, protocol, exc)) from exc
-        config = config.get("config", config)  # grpc (as_json) wraps it
+        config = config.get("config", config)  # gRPC's response wraps it
         self.config = config
         self.parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         if "task" not in self.parameters:
@@ -107,12 +131,16 @@ class TritonMegatronBert:
 
         return [n for a, n in METHOD_INPUTS[method].items() if (method, a) not in OPTIONAL_ARGUMENTS]
 
+    def _plain(self, response: Any) -> dict[str, Any]:
+        """A server response as a dict, the same over both protocols."""
+        return response if self.protocol == "http" else _message_dict(response)
+
     def ready(self) -> bool:
         return bool(self.client.is_model_ready(self.name, self.model_version))
 
     def statistics(self) -> dict[str, Any]:
         """The server's statistics of this model (counts, times, `batch_stats` per executed batch size)."""
-        stats = self.client.get_inference_statistics(self.name, self.model_version, **self._as_json)
+        stats = self._plain(self.client.get_inference_statistics(self.name, self.model_version))
         models = stats.get("model_stats", [])
         return models[0] if models else {}
 
