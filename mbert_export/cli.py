@@ -366,32 +366,37 @@ def _add_repository_options(p: argparse.ArgumentParser) -> dict[str, object]:
     """The options that shape a repository; returns their defaults (dest -> default)."""
     from .runtime.artifact import RUNTIME_BACKENDS
 
-    before = len(p._actions)
-    p.add_argument("--layout", choices=["python", "ensemble"], default=None,
-                   help="python: one python-backend model running this runtime (any tritonserver with the python "
-                        "backend); ensemble: tokenize -> onnxruntime_onnx/tensorrt_plan -> postprocess (NVIDIA's "
-                        "tritonserver container)")
-    p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
-                   help="runtime of the python layout's model (the ensemble's middle model runs the graph on "
-                        "onnxruntime_onnx, or tensorrt_plan for an engine); auto: TensorRT for a folder with "
-                        "engine.plan, else the backend the artifact was built for (build.json: OpenVINO for an "
-                        "OpenVINO build), else ONNX Runtime")
-    p.add_argument("--max-queue-delay-us", type=int, default=0,
-                   help="dynamic batching: longest wait for more requests, in microseconds (default 0: batch "
-                        "what is queued when an instance is free, never delay a lone request)")
-    p.add_argument("--no-dynamic-batching", action="store_true", help="leave dynamic batching off")
-    p.add_argument("--preferred-batch", type=int, nargs="+", default=[], metavar="N",
-                   help="dynamic batching: preferred batch sizes")
-    p.add_argument("--instances", type=int, default=None,
-                   help="model instances (instance_group count; default 2 on CPU, 1 per GPU). On CPU, 2 give "
-                        "more requests/s under load, 1 the lowest latency for lone requests")
-    p.add_argument("--threads", type=int, default=0,
-                   help="python layout, ONNX Runtime or OpenVINO: threads per instance (default: the serving "
-                        "machine's cores divided by the instances)")
-    p.add_argument("--sequence-bucket", type=int, default=16,
-                   help="ensemble: pad token ids to a multiple of this, so requests of similar length batch "
-                        "(default: 16)")
-    return {action.dest: action.default for action in p._actions[before:]}
+    defaults: dict[str, object] = {}
+
+    def add(*names: str, **options) -> None:
+        action = p.add_argument(*names, **options)
+        defaults[action.dest] = action.default
+
+    add("--layout", choices=["python", "ensemble"], default=None,
+        help="python: one python-backend model running this runtime (any tritonserver with the python "
+             "backend); ensemble: tokenize -> onnxruntime_onnx/tensorrt_plan -> postprocess (NVIDIA's "
+             "tritonserver container)")
+    add("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
+        help="runtime of the python layout's model (the ensemble's middle model runs the graph on "
+             "onnxruntime_onnx, or tensorrt_plan for an engine); auto: TensorRT for a folder with "
+             "engine.plan, else the backend the artifact was built for (build.json: OpenVINO for an "
+             "OpenVINO build), else ONNX Runtime")
+    add("--max-queue-delay-us", type=int, default=0,
+        help="dynamic batching: longest wait for more requests, in microseconds (default 0: batch "
+             "what is queued when an instance is free, never delay a lone request)")
+    add("--no-dynamic-batching", action="store_true", help="leave dynamic batching off")
+    add("--preferred-batch", type=int, nargs="+", default=[], metavar="N",
+        help="dynamic batching: preferred batch sizes")
+    add("--instances", type=int, default=None,
+        help="model instances (instance_group count; default 2 on CPU, 1 per GPU). On CPU, 2 give "
+             "more requests/s under load, 1 the lowest latency for lone requests")
+    add("--threads", type=int, default=0,
+        help="python layout, ONNX Runtime or OpenVINO: threads per instance (default: the serving "
+             "machine's cores divided by the instances)")
+    add("--sequence-bucket", type=int, default=16,
+        help="ensemble: pad token ids to a multiple of this, so requests of similar length batch "
+             "(default: 16)")
+    return defaults
 
 
 def _repository_options(args: argparse.Namespace) -> dict:
