@@ -58,7 +58,31 @@ def load_model(model: str, progress: Progress):
         torch.manual_seed(0)
         progress(f"bench: {model} with random weights (speed only)")
         return MegatronBertForMaskedLM(preset_config(model)).eval(), None
+    if not Path(model).exists():
+        raise ValueError(f"--model {model!r} is neither 'demo', a preset ({', '.join(PRESETS)}) nor an existing "
+                         "Hugging Face folder")
     return MegatronBertForMaskedLM.from_pretrained(model), Path(model)
+
+
+def check_arguments(backends: Sequence[str], batches: Sequence[int], seqs: Sequence[int],
+                    shapes: Sequence[tuple[int, int]] | None, threads: int, warmup: int, repeats: int,
+                    budget_s: float, name: str | None) -> list[str]:
+    """Refuse what would crash or measure nothing, before any work; returns the backends to run, with the
+    PyTorch FP32 reference every ratio is measured against first."""
+    unknown = [b for b in backends if b not in ALL_BACKENDS]
+    if unknown or not backends:
+        raise ValueError(f"unknown or no backends {unknown or list(backends)}; choose from {', '.join(ALL_BACKENDS)}")
+    sizes = list(batches) + list(seqs) + [n for shape in shapes or () for n in shape]
+    if not sizes or min(sizes) < 1:
+        raise ValueError("batch sizes and sequence lengths must be positive integers")
+    for value, low, option in ((threads, 1, "--threads"), (warmup, 0, "--warmup"), (repeats, 1, "--repeats")):
+        if value < low:
+            raise ValueError(f"{option} must be >= {low}, got {value}")
+    if not budget_s > 0:
+        raise ValueError(f"--budget must be a positive number of seconds, got {budget_s}")
+    if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
+        raise ValueError(f"--name {name!r} must be a plain file name (the results go to {RESULTS_DIR})")
+    return [REFERENCE] + [b for b in dict.fromkeys(backends) if b != REFERENCE]
 
 
 def prepare_graphs(model, name: str, checkpoint: Path | None, backends: Sequence[str], progress: Progress) -> dict:
@@ -235,9 +259,16 @@ def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BAC
     from .machine import machine_info, machine_line
 
     say = progress or (lambda message: None)
+    wanted = check_arguments(backends, batches, seqs, shapes, threads, warmup, repeats, budget_s, name)
+    if REFERENCE not in backends:
+        say(f"bench: adding {REFERENCE}, the reference every speedup and agreement is measured against")
+    backends = wanted
     name = name or f"bench-{model_name}"
     model, checkpoint = load_model(model_name, say)
     max_pos = model.config.max_position_embeddings
+    longer = sorted({s for s in ([seq for _, seq in shapes] if shapes else seqs) if s > max_pos})
+    if longer:
+        say(f"bench: sequence lengths {longer} exceed the model's {max_pos} positions; {max_pos} is the longest timed")
     seqs = [s for s in seqs if s <= max_pos] or [max_pos]
     graphs = prepare_graphs(model, model_name, checkpoint, backends, say)
     runners = make_runners(model, graphs, backends, threads, say)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -200,15 +201,6 @@ def build_engine(onnx_path: Path, engine_path: Path, task: Task, profiles: Seque
 
 
 # ---------------------------------------------------------------------------- data for INT8 and accuracy
-def load_tokenizer_if_any(folder: Path):
-    """The checkpoint's tokenizer, or None for a weights-only folder (random inputs are used then)."""
-    from .tokenization import Tokenizer
-
-    if any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt")):
-        return Tokenizer.from_pretrained(folder)
-    return None
-
-
 def calibration_data(tokenizer, calibration: str | Path | None, profiles: Sequence[Profile], task: Task,
                      config, say: Progress) -> tuple[list[dict], dict]:
     """INT8 calibration batches: the user's text file, else the bundled corpus (and say so)."""
@@ -394,6 +386,22 @@ class BuildResult:
         return "\n".join(lines)
 
 
+def _check_options(precision: str, calibration, keep_float, optimization_level: int, workspace_gb: float) -> None:
+    """Options that would be ignored, or fail only after the export, are refused before any work."""
+    from .calibration import load_text_file
+
+    if keep_float is not None and precision != "int8":
+        raise BuildError("--keep-float applies to --int8 only")
+    if calibration is not None:
+        if precision != "int8":
+            raise BuildError("--calibration applies to --int8 only")
+        load_text_file(calibration)  # missing, a folder, not UTF-8 or empty: its own message
+    if not 0 <= optimization_level <= 5:
+        raise BuildError(f"--opt-level is 0..5 (TensorRT's builder optimization level), got {optimization_level}")
+    if not workspace_gb > 0:
+        raise BuildError(f"--workspace-gb must be a positive number of GiB, got {workspace_gb}")
+
+
 def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | None = None,
                    output_dir: str | Path | None = None, backend: str = "auto",
                    batch: Sequence[str] = (), seq: Sequence[str] = (), choices: str | None = None,
@@ -401,15 +409,15 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                    keep_float: Sequence[str] | None = None, int8_recipe: str = "auto",
                    int8_rescore: Sequence[str] | None = None, int8_weights: str | None = None,
                    inference_precision: str | None = None,
-                   force: bool = False,
+                   force: bool = False, allow_random_head: bool = False,
                    optimization_level: int = 3, workspace_gb: float = 4.0,
                    progress: Progress | None = None) -> BuildResult:
     """Checkpoint -> verified artifact folder for `task_name` at `precision` (see module docstring)."""
     import shutil
 
     from .export import copy_tokenizer, export_onnx, load_model_for_task
-    from .fileio import atomic_dir
-    from .reference import REFERENCE_FILE
+    from .fileio import atomic_dir, check_output_dir
+    from .reference import REFERENCE_FILE, model_tokenizer
     from .runtime.artifact import TOKENIZER_FILES
     from .precision import check_precision, convert_fp16, quantize_int8, quantize_int8_dynamic
 
@@ -421,12 +429,22 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
         raise BuildError(f"no --checkpoint given and the demo model ({DEFAULT_CHECKPOINT}) is not in this "
                          "checkout; pass --checkpoint HF_FOLDER")
     output_dir = Path(output_dir) if output_dir else DEFAULT_ENGINES_DIR / f"{task.name}-{precision}"
-    if output_dir.exists() and any(output_dir.iterdir()) and not force:
+    inputs = [p for p in (checkpoint, calibration) if p]
+    artifact_files = (SIDECAR_NAME, GRAPH_NAME, ENGINE_NAME)
+    if output_dir.is_dir() and any(n in artifact_files for n in os.listdir(output_dir)) and not force:
         raise BuildError(f"{output_dir} already holds a build; pass --force to replace it or choose "
                          "another --output-dir")
+    try:  # a file, an input, or someone else's files: refused before any work, --force or not
+        check_output_dir(output_dir, force, inputs, replaces=artifact_files, flag="--force")
+    except (OSError, ValueError) as exc:
+        raise BuildError(str(exc)) from None
+    _check_options(precision, calibration, keep_float, optimization_level, workspace_gb)
     choose_int8_recipe(int8_recipe, backend)  # bad combinations fail before any work
     backend = choose_backend(backend, say)
     recipe = choose_int8_recipe(int8_recipe, backend)
+    if calibration is not None and recipe != "qdq":
+        raise BuildError(f"--calibration applies to the calibrated Q/DQ INT8 recipe; the {recipe} recipe "
+                         f"({backend}) does not calibrate: add --int8-recipe qdq, or drop --calibration")
     if inference_precision is not None and backend != "openvino":
         raise BuildError("--inference-precision applies to --backend openvino only")
     if backend == "openvino":
@@ -440,13 +458,13 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
         raise BuildError("--int8-rescore applies to the dynamic INT8 recipe only (--int8 --int8-recipe dynamic)")
     if int8_weights is not None and (precision != "int8" or recipe != "dynamic"):
         raise BuildError("--int8-weights applies to the dynamic INT8 recipe only (--int8 --int8-recipe dynamic)")
-    model = load_model_for_task(checkpoint, task, progress=say)
+    model = load_model_for_task(checkpoint, task, allow_random_head=allow_random_head, progress=say)
     config = model.config
-    tokenizer = load_tokenizer_if_any(checkpoint) if checkpoint.is_dir() else None
+    tokenizer = model_tokenizer(None, config, checkpoint) if checkpoint.is_dir() else None  # None: random ids
     profiles = make_profiles(batch, seq, config.max_position_embeddings, choices)
     max_seq = max(p.sequence[2] for p in profiles)
     start = time.perf_counter()
-    with atomic_dir(output_dir, overwrite=force, inputs=[p for p in (checkpoint, calibration) if p]) as stage:
+    with atomic_dir(output_dir, overwrite=force, inputs=inputs, replaces=artifact_files) as stage:
         fp32_path = stage / "fp32" / GRAPH_NAME
         exported = export_onnx(model, task, fp32_path, max_seq_len=max_seq, tokenizer_dir=checkpoint,
                                source=str(checkpoint), progress=say)

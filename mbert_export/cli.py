@@ -61,6 +61,9 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- export
+ALLOW_RANDOM_HEAD_HELP = "export even if the checkpoint has no weights for the task's head (rarely wanted)"
+
+
 def add_export(sub: argparse._SubParsersAction) -> None:
     from .tasks import TASKS
 
@@ -78,8 +81,7 @@ def add_export(sub: argparse._SubParsersAction) -> None:
                    help="ONNX opset, >= 17 (default: 18, the exporter's own)")
     p.add_argument("--max-seq-len", type=int, help="longest sequence to verify (default: max positions)")
     p.add_argument("--no-verify", action="store_true", help="skip the comparison with the reference")
-    p.add_argument("--allow-random-head", action="store_true",
-                   help="export even if the checkpoint has no weights for the task's head (rarely wanted)")
+    p.add_argument("--allow-random-head", action="store_true", help=ALLOW_RANDOM_HEAD_HELP)
     p.set_defaults(run=run_export)
 
 
@@ -174,6 +176,7 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimization level 0-5")
     p.add_argument("--workspace-gb", type=float, default=4.0, help="TensorRT workspace limit in GiB")
     p.add_argument("--force", action="store_true", help="replace an output folder that holds another build")
+    p.add_argument("--allow-random-head", action="store_true", help=ALLOW_RANDOM_HEAD_HELP)
 
 
 def add_build(sub: argparse._SubParsersAction) -> None:
@@ -198,7 +201,7 @@ def run_build(args: argparse.Namespace) -> int:
         calibration=args.calibration, calibration_method=args.calibration_method,
         keep_float=args.keep_float, int8_recipe=args.int8_recipe, int8_rescore=args.int8_rescore,
         int8_weights=args.int8_weights,
-        inference_precision=args.inference_precision, force=args.force,
+        inference_precision=args.inference_precision, force=args.force, allow_random_head=args.allow_random_head,
         optimization_level=args.opt_level, workspace_gb=args.workspace_gb, progress=progress)
     print(result.summary())
     return report_built_artifact(result.folder, result.sidecar)
@@ -344,8 +347,11 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from .bench import run_benchmark
 
-    def ints(text: str) -> list[int]:
-        return [int(v) for v in text.split(",") if v]
+    def ints(text: str, option: str) -> list[int]:
+        try:
+            return [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{option} {text!r}: expected comma-separated integers such as 1,8,32") from None
 
     shapes = None
     if args.shapes:
@@ -355,7 +361,8 @@ def run_bench(args: argparse.Namespace) -> int:
             raise ValueError(f"--shapes {args.shapes!r}: expected BATCHxSEQ items such as 1x128,8x128") from None
         if any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
             raise ValueError(f"--shapes {args.shapes!r}: expected positive BATCHxSEQ items such as 1x128,8x128")
-    run_benchmark(args.model, backends=args.backends.split(","), batches=ints(args.batch), seqs=ints(args.seq),
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    run_benchmark(args.model, backends=backends, batches=ints(args.batch, "--batch"), seqs=ints(args.seq, "--seq"),
                   shapes=shapes, threads=args.threads, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget,
                   name=args.name, progress=progress)
     return 0

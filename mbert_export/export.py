@@ -29,12 +29,15 @@ from .checkpoints import CheckpointError
 from .config import MegatronBertConfig
 from .fileio import EXTERNAL_DATA_THRESHOLD, atomic_path, publish_onnx, staging_dir
 from .modeling import MODEL_CLASSES, MegatronBertPreTrainedModel
-from .reference import reference_outputs, write_reference_vectors
+from .reference import model_tokenizer, reference_outputs, write_reference_vectors
 from .runtime.artifact import TOKENIZER_FILES, TOKENIZER_MAIN_FILES
 from .tasks import BATCH, NUM_CHOICES, SEQUENCE, Task, get_task, sample_inputs  # noqa: F401 (re-exported)
 
 MIN_OPSET = 17  # first opset with a native LayerNormalization (TensorRT keeps its accumulation in FP32)
 DEFAULT_OPSET = 18  # the dynamo exporter's own minimum; TensorRT 10/11 parse opsets 9..24
+#: The newest opset the exporter's version converter takes these graphs to (torch 2.13, onnxscript 0.7:
+#: 26 and up fail converting Gelu); measured by exporting the demo model at 17..26.
+MAX_OPSET = 25
 VERIFY_TOLERANCE = 1e-4
 
 Progress = Callable[[str], None]
@@ -87,9 +90,12 @@ def _check_arguments(model, task: Task, output: Path, opset: int, max_seq_len: i
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old: LayerNormalization needs opset >= {MIN_OPSET} "
                           f"(use --opset {DEFAULT_OPSET})")
+    if opset > MAX_OPSET:
+        raise ExportError(f"opset {opset} is newer than the exporter can write ({MIN_OPSET}..{MAX_OPSET}; "
+                          f"TensorRT parses up to 24); use --opset {DEFAULT_OPSET}")
     if not 1 <= max_seq_len <= config.max_position_embeddings:
         raise ExportError(f"max sequence length {max_seq_len} is outside 1..{config.max_position_embeddings} "
-                          "(the model's max_position_embeddings); lower --max-seq-len")
+                          "(the model's max_position_embeddings); choose a --max-seq-len in that range")
     if type(model).__name__ != task.model_class:
         raise ExportError(f"task {task.name!r} exports a {task.model_class}, got a {type(model).__name__}")
     if task.is_decoder and not config.is_decoder:
@@ -97,6 +103,8 @@ def _check_arguments(model, task: Task, output: Path, opset: int, max_seq_len: i
                           "with load_model_for_task, which sets it)")
     if output.suffix != ".onnx":
         raise ExportError(f"output {output} should end in .onnx")
+    if output.is_dir():
+        raise ExportError(f"output {output} is a folder; name the graph file to write, e.g. {output / 'model.onnx'}")
     folder = output.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -250,7 +258,12 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
     say = progress or (lambda message: None)
     task = get_task(task) if isinstance(task, str) else task
     output = Path(output)
-    max_seq_len = max_seq_len or model.config.max_position_embeddings
+    max_seq_len = model.config.max_position_embeddings if max_seq_len is None else max_seq_len
+    # The tokenizer is read and checked before any work (or folder), so a bad one fails here, named by
+    # its own path, and not after the graph is published.
+    tokenizer_folder = Path(tokenizer_dir) if tokenizer_dir else None
+    has_folder = tokenizer_folder is not None and tokenizer_folder.is_dir()
+    tokenizer = model_tokenizer(None, model.config, tokenizer_folder) if has_folder else None
     _check_arguments(model, task, output, opset, max_seq_len)
     model.eval()
     start = time.perf_counter()
@@ -278,7 +291,7 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
     copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else None, output.parent, say)
     # Reference vectors: a few real inputs and the PyTorch outputs, so that the deployed artifact can
     # prove itself without torch (runtime.verify / mbert-export verify).
-    write_reference_vectors(model, task, output.parent, max_seq_len=max_seq_len)
+    write_reference_vectors(model, task, output.parent, tokenizer=tokenizer, max_seq_len=max_seq_len)
     result = ExportResult(output, task.name, opset, external, time.perf_counter() - start, max_abs_diff)
     say(f"export: done in {result.seconds:.1f} s")  # the caller reports result.summary()
     return result

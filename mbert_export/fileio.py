@@ -82,13 +82,14 @@ def write_report(path: str | Path, data: dict, markdown: str) -> Path:
     return path
 
 
-@contextlib.contextmanager
-def atomic_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
-    """Yield a temp folder beside `target`; it becomes `target` only if the block succeeds.
+def check_output_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = (),
+                     replaces: Iterable[str] = (), flag: str = "overwrite=True (CLI: --overwrite)") -> None:
+    """Refuse an output folder `atomic_dir` must not write; call it before long work to fail early.
 
-    An existing non-empty `target` is refused unless `overwrite` (then it is replaced as a whole);
-    a `target` that is a file, or that is or holds one of `inputs` (what the block reads from, which
-    replacing it would destroy), is always refused.
+    Refused: a file; a folder that is or holds one of `inputs` (even with `overwrite`); a non-empty
+    folder without `overwrite` (`flag` names the option that allows it); and, when `replaces` names the
+    files this tool writes there, a non-empty folder holding none of them, even with `overwrite` (it
+    is someone else's folder, and replacing it would delete their files).
     """
     target = Path(target)
     for source in inputs:
@@ -99,12 +100,32 @@ def atomic_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str
                              "there would destroy it; choose another output folder")
     if target.exists() and not target.is_dir():
         raise FileExistsError(f"{target} is a file, not a folder; choose another output folder")
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise FileExistsError(f"{target} already exists and is not empty; choose another output "
-                              "folder or pass overwrite=True (CLI: --overwrite)")
     blocked = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
     if blocked is not None:
         raise FileExistsError(f"cannot create {target}: {blocked} is a file, not a folder")
+    held = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
+    if not held:
+        return
+    replaces = list(replaces)
+    if replaces and not any(name in held for name in replaces):
+        shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
+        raise FileExistsError(f"{target} holds files this did not write ({shown}); replacing it would delete them: "
+                              "choose another output folder")
+    if not overwrite:
+        raise FileExistsError(f"{target} already exists and is not empty; choose another output folder or pass "
+                              f"{flag}")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = (),
+               replaces: Iterable[str] = ()) -> Iterator[Path]:
+    """Yield a temp folder beside `target`; it becomes `target` only if the block succeeds.
+
+    An existing non-empty `target` is refused unless `overwrite` (then it is replaced as a whole); see
+    `check_output_dir` for what is refused always.
+    """
+    target = Path(target)
+    check_output_dir(target, overwrite, inputs, replaces)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     _as_created(tmp, 0o777)

@@ -52,15 +52,18 @@ def _mask_words(text: str, mask: str, every: int = 4) -> str:
     return " ".join(words)
 
 
-def _load_tokenizer(tokenizer: Any, folder: Path):
+def model_tokenizer(tokenizer: Any, config, folder: Path | None = None):
+    """`tokenizer` (a Tokenizer, or a folder to load it from; None: the one in `folder`, if any),
+    refused when it has more tokens than the model has embedding rows."""
     from .tokenization import Tokenizer
 
-    if tokenizer is None:
-        if any((folder / name).is_file() for name in TOKENIZER_MAIN_FILES):
-            return Tokenizer.from_pretrained(folder)
-        return None
+    if tokenizer is None and folder is not None and any((folder / n).is_file() for n in TOKENIZER_MAIN_FILES):
+        tokenizer = folder
     if isinstance(tokenizer, (str, os.PathLike)):
-        return Tokenizer.from_pretrained(tokenizer)
+        tokenizer = Tokenizer.from_pretrained(tokenizer)
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model only {config.vocab_size} "
+                         "embedding rows; pass the model's own tokenizer")
     return tokenizer
 
 
@@ -111,10 +114,7 @@ def write_reference_vectors(model, task: str | Task, folder: str | os.PathLike, 
     task = get_task(task) if isinstance(task, str) else task
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = _load_tokenizer(tokenizer, folder)
-    if tok is not None and tok.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer has {tok.vocab_size} tokens but the model only {model.config.vocab_size} "
-                         "embedding rows; pass the model's own tokenizer")
+    tok = model_tokenizer(tokenizer, model.config, folder)
     feeds, used_texts = reference_feeds(task, model.config, tok, texts, max_seq_len)
     was_training = model.training
     model.eval()

@@ -219,10 +219,11 @@ class TaskArtifacts:
 
     def __call__(self, task: str, kinds=GRAPHS) -> tuple[Path, dict[str, Path]]:
         from mbert_export.build import (DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE,
-                                        calibration_data, load_tokenizer_if_any, make_profiles)
+                                        calibration_data, make_profiles)
         from mbert_export.config import MegatronBertConfig
         from mbert_export.export import copy_tokenizer, export_onnx, load_model_for_task
         from mbert_export.precision import convert_fp16, quantize_int8, quantize_int8_dynamic
+        from mbert_export.reference import model_tokenizer
         from mbert_export.tasks import TASKS
 
         task_root = self.root / task
@@ -238,10 +239,10 @@ class TaskArtifacts:
             if kind == "fp16":
                 convert_fp16(fp32, out)
             elif kind == "int8-qdq":
-                batches, _ = calibration_data(load_tokenizer_if_any(checkpoint), None,
+                config = MegatronBertConfig.from_pretrained(checkpoint)
+                batches, _ = calibration_data(model_tokenizer(None, config, checkpoint), None,
                                               make_profiles([], [f"1,64,{ARTIFACT_MAX_SEQ}"], ARTIFACT_MAX_SEQ),
-                                              TASKS[task], MegatronBertConfig.from_pretrained(checkpoint),
-                                              lambda message: None)
+                                              TASKS[task], config, lambda message: None)
                 quantize_int8(fp32, out, batches, method=DEFAULT_CALIBRATION_METHOD,
                               keep_float=DEFAULT_INT8_KEEP_FLOAT, strict=False)
             elif kind == "int8-dynamic":

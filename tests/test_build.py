@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from mbert_export import modeling
 from mbert_export.build import BuildError, build_artifact, make_profiles
+from mbert_export.calibration import corpus_path
 from mbert_export.check import check_graph
 from mbert_export.cli import main as cli_main
 from mbert_export.config import preset_config
@@ -22,6 +23,7 @@ from mbert_export.tasks import get_task
 from mbert_export.tokenization import Tokenizer
 
 ort = pytest.importorskip("onnxruntime")
+CORPUS = corpus_path("train")
 
 
 @pytest.fixture(scope="module")
@@ -299,6 +301,14 @@ def test_fp32_build_is_complete_and_verifies(checkpoint, tmp_path, capsys):
     (["--backend", "tensorrt"], "--backend tensorrt needs TensorRT"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
     (["--backend", "onnxruntime", "--inference-precision", "f32"], "applies to --backend openvino only"),
+    (["--calibration", "anything.txt"], "--calibration applies to --int8 only"),
+    (["--keep-float", "bert.*"], "--keep-float applies to --int8 only"),
+    (["--opt-level", "9"], "--opt-level is 0..5"),
+    (["--workspace-gb", "-1"], "--workspace-gb must be a positive number"),
+    (["--precision", "int8", "--int8-recipe", "qdq", "--calibration", "/nonexistent/text.txt"],
+     "cannot read calibration text /nonexistent/text.txt"),
+    (["--precision", "int8", "--backend", "onnxruntime", "--int8-recipe", "dynamic", "--calibration", str(CORPUS)],
+     "the dynamic recipe (onnxruntime) does not calibrate"),
 ])
 def test_bad_build_arguments_are_one_line_errors(checkpoint, tmp_path, capsys, argv, message):
     out = tmp_path / "out"
@@ -319,6 +329,32 @@ def test_output_folder_with_another_build_needs_force(checkpoint, tmp_path):
     assert (out / "engine.plan").read_bytes() == b"another build"
 
 
+def test_output_folder_of_other_files_is_never_replaced(checkpoint, tmp_path, capsys):
+    """--force replaces an earlier build, not a folder of someone's files; a file is no folder."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("precious")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    for target, message in ((theirs, "holds files this did not write (notes.txt)"), (a_file, "is a file, not a folder")):
+        for force in ([], ["--force"]):
+            code = cli_main(["build", "--task", "mlm", "--fp32", "--checkpoint", str(checkpoint), "--output-dir",
+                             str(target), "--seq", "1,8,16", *force])
+            err = capsys.readouterr().err
+            assert code == 2 and message in err and "Traceback" not in err
+    assert (theirs / "notes.txt").read_text() == "precious" and a_file.read_text() == "not a folder"
+
+
+def test_build_takes_allow_random_head_as_its_error_advises(checkpoint, tmp_path, capsys):
+    """An MLM checkpoint has no classifier: refused with advice naming a flag build has, which then works."""
+    out = tmp_path / "cls"
+    argv = ["build", "--task", "sequence-classification", "--fp32", "--checkpoint", str(checkpoint),
+            "--output-dir", str(out), "--seq", "1,8,16"]
+    assert cli_main(argv) == 2 and "--allow-random-head" in capsys.readouterr().err and not out.exists()
+    assert cli_main([*argv, "--allow-random-head"]) == 0
+    assert "PASSED" in capsys.readouterr().out and (out / "build.json").is_file()
+
+
 def test_output_folder_holding_the_checkpoint_is_refused_even_with_force(checkpoint, tmp_path, capsys):
     before = sorted(p.name for p in checkpoint.iterdir())
     code = cli_main(["build", "--task", "mlm", "--fp32", "--checkpoint", str(checkpoint), "--output-dir",
@@ -336,11 +372,13 @@ def test_profiles_from_several_seq_ranges():
 
 
 def test_int8_calibration_text_mostly_unknown_warns_with_ratio(checkpoint, tmp_path):
-    from mbert_export.build import calibration_data, make_profiles, load_tokenizer_if_any
+    from mbert_export.build import calibration_data, make_profiles
+    from mbert_export.config import MegatronBertConfig
+    from mbert_export.reference import model_tokenizer
 
     text = tmp_path / "foreign.txt"
     text.write_text("\n".join(["Здравствуйте мир это текст на другом языке"] * 50), encoding="utf-8")
-    tokenizer = load_tokenizer_if_any(checkpoint)
+    tokenizer = model_tokenizer(None, MegatronBertConfig.from_pretrained(checkpoint), checkpoint)
     messages = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -453,6 +491,35 @@ def test_tensorrt_engine_matches_the_reference(tmp_path, precision):
 
 
 # ---------------------------------------------------------------------------- benchmark harness
+@pytest.mark.parametrize("argv, message", [
+    (["--backends", "pytorch-fp32,foo"], "unknown or no backends ['foo']; choose from pytorch-fp32"),
+    (["--backends", ""], "unknown or no backends []"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--budget", "0"], "--budget must be a positive number of seconds"),
+    (["--batch", "0", "--shapes", ""], "batch sizes and sequence lengths must be positive integers"),
+    (["--batch", "a"], "--batch 'a': expected comma-separated integers"),
+    (["--name", ""], "--name '' must be a plain file name"),
+    (["--name", "../elsewhere"], "--name '../elsewhere' must be a plain file name"),
+    (["--model", "megatron-bert-345m-casd"], "is neither 'demo', a preset (tiny, megatron-bert-345m-cased"),
+])
+def test_bad_bench_arguments_are_refused_before_any_work(tmp_path, monkeypatch, capsys, argv, message):
+    from mbert_export import bench
+
+    monkeypatch.setattr(bench, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(bench, "ARTIFACTS_DIR", tmp_path / "artifacts")
+    code = cli_main(["bench", "--backends", "pytorch-fp32", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists() and not (tmp_path / "artifacts").exists()
+
+
+def test_bench_measures_against_the_reference_even_when_not_named():
+    from mbert_export.bench import check_arguments
+
+    assert check_arguments(["ort-fp32", "ort-fp32"], [1], [8], None, 1, 0, 1, 1.0, "x") == ["pytorch-fp32", "ort-fp32"]
+
+
 def test_benchmark_writes_tables_with_speedups_and_held_out_agreement(tmp_path, monkeypatch):
     """A tiny run of `mbert-export bench` on the demo model: every backend timed in the same run,
     JSON/markdown written, and the CPU INT8 graph keeps the 99 % agreement bar on held-out text."""

@@ -221,6 +221,13 @@ def test_existing_output_needs_overwrite(tmp_path, ref, ref_state):
     assert (dst / "model.safetensors").exists() and not (dst / "keep.txt").exists()
     with pytest.raises(CheckpointError, match="contains the source"):
         convert_megatron(src, tmp_path, overwrite=True)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for overwrite in (False, True):  # said before the checkpoint is read, the same with --overwrite
+        with pytest.raises(FileExistsError, match="a-file is a file, not a folder"):
+            convert_megatron(src, a_file, overwrite=overwrite)
+    with pytest.raises(CheckpointError, match="nope.txt: vocab file not found"):
+        convert_megatron(src, tmp_path / "hf2", vocab=tmp_path / "nope.txt")
 
 
 # ---------------------------------------------------------------------------- bad Megatron inputs

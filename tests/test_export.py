@@ -130,13 +130,42 @@ def test_check_flags_a_static_axis(tiny_graph):
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("kwargs, message", [
     ({"opset": 16}, "opset 16 is too old"),
+    ({"opset": 26}, r"opset 26 is newer than the exporter can write \(17..25"),
     ({"max_seq_len": 65}, "outside 1..64"),
+    ({"max_seq_len": 0}, "outside 1..64"),
 ])
 def test_bad_export_arguments_write_nothing(tmp_path, tiny, kwargs, message):
     model = modeling.MegatronBertForMaskedLM(tiny).eval()
     with pytest.raises(ExportError, match=message):
         export_onnx(model, "mlm", tmp_path / "model.onnx", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_output_that_is_a_folder_is_refused(tmp_path, tiny):
+    (tmp_path / "graph.onnx").mkdir()
+    with pytest.raises(ExportError, match="is a folder; name the graph file to write"):
+        export_onnx(modeling.MegatronBertForMaskedLM(tiny).eval(), "mlm", tmp_path / "graph.onnx")
+
+
+def test_bad_tokenizer_fails_before_any_work_and_names_its_own_file(tmp_path, tiny):
+    """The tokenizer is checked before tracing: nothing is written, and the message names the source."""
+    source = tmp_path / "checkpoint"
+    source.mkdir()
+    (source / "tokenizer.json").write_text("garbage")
+    output = tmp_path / "out" / "model.onnx"
+    with pytest.raises(ValueError, match=f"{source / 'tokenizer.json'} is not a valid tokenizers tokenizer.json"):
+        export_onnx(modeling.MegatronBertForMaskedLM(tiny).eval(), "mlm", output, tokenizer_dir=source)
+    assert not output.parent.exists()
+
+
+def test_a_file_of_a_hugging_face_folder_is_pointed_to_its_folder(tmp_path, tiny):
+    from mbert_export.checkpoints import CheckpointError
+
+    folder = tmp_path / "hf"
+    modeling.MegatronBertForMaskedLM(tiny).save_pretrained(folder)
+    for name in ("model.safetensors", "config.json"):
+        with pytest.raises(CheckpointError, match=f"is a file of the Hugging Face folder {folder}: pass that folder"):
+            load_model_for_task(folder / name, "mlm")
 
 
 def test_unknown_task_and_wrong_model_class(tmp_path, tiny):

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, check_output_dir
 from .args import arg, build_config, check_supported
 from .errors import CheckpointError, Progress, say
 from .hf import SAFE_WEIGHTS_NAME, write_safetensors
@@ -133,9 +133,7 @@ def _validate(shards: list[Shard], progress: Progress,
 def _tokenizer(vocab: str | Path, lowercase: bool | None, args: Any, src: Path, progress: Progress) -> Any:
     from ..tokenization import Tokenizer
 
-    vocab = Path(vocab)
-    if not vocab.is_file():
-        raise CheckpointError(f"{vocab}: vocab file not found; pass the WordPiece vocab.txt of the model")
+    vocab = Path(vocab)  # an existing file: convert_megatron checked it
     kind = str(arg(args, "tokenizer_type", default=""))
     inferred = True if "LowerCase" in kind else False if "Case" in kind else \
         True if "uncased" in src.name.lower() else False if "cased" in src.name.lower() else None
@@ -168,12 +166,15 @@ def convert_megatron(src: str | Path, dst: str | Path, *, vocab: str | Path | No
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise CheckpointError(f"{src}: not found; pass a Megatron-LM checkpoint (.zip, folder or .pt)")
-    if dst.exists() and (not dst.is_dir() or any(dst.iterdir())) and not overwrite:
-        raise FileExistsError(f"{dst} already exists and is not empty; choose another output folder or pass "
-                              "overwrite=True (CLI: --overwrite)")
+    if src.is_file() and (src.parent / "config.json").is_file() and src.suffix in (".safetensors", ".json", ".bin"):
+        raise CheckpointError(f"{src} is a file of the Hugging Face folder {src.parent}: pass that folder, "
+                              "which needs no conversion")
     src_abs, dst_abs = src.resolve(), dst.resolve()
     if src_abs == dst_abs or src_abs.is_relative_to(dst_abs):
         raise CheckpointError(f"{dst} contains the source checkpoint; choose an output folder outside {src}")
+    check_output_dir(dst, overwrite, inputs=[p for p in (src, vocab) if p is not None])  # before reading shards
+    if vocab is not None and not Path(vocab).is_file():
+        raise CheckpointError(f"{vocab}: vocab file not found; pass the WordPiece vocab.txt of the model")
     new_parents = [p for p in (dst.parent, *dst.parent.parents) if not p.exists()]
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
