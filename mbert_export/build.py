@@ -59,6 +59,12 @@ class BuildError(ValueError):
 
 
 # ---------------------------------------------------------------------------- int8 layers
+def _check_keep_float_words(keep_float: Sequence[str] | None) -> None:
+    others = [k for k in keep_float or () if k != "none"]
+    if others and len(others) < len(keep_float):
+        raise BuildError(f"--keep-float none keeps nothing in float; it cannot be combined with {others}")
+
+
 def int8_layers(fp32_graph: Path, recipe: str, keep_float: Sequence[str] | None,
                 int8_rescore: Sequence[str] | None, say: Progress) -> tuple[list[str], list[str]]:
     """(patterns kept in float, patterns rescored) from --keep-float and --int8-rescore.
@@ -75,10 +81,9 @@ def int8_layers(fp32_graph: Path, recipe: str, keep_float: Sequence[str] | None,
 
     from .precision import matmul_scopes, resolve_keep_float
 
+    _check_keep_float_words(keep_float)
     given = list(keep_float or ())
     own = [k for k in given if k not in ("none", "default")]
-    if "none" in given and len(given) > 1:
-        raise BuildError(f"--keep-float none keeps nothing in float and cannot be combined with {given!r}")
     keep = [*DEFAULT_INT8_KEEP_FLOAT, *own] if keep_float is None or "default" in given else own
     rescore = list(DEFAULT_INT8_RESCORE) if int8_rescore is None else [k for k in int8_rescore if k != "none"]
     graph = onnx.load(str(fp32_graph), load_external_data=False)
@@ -392,6 +397,7 @@ def _check_options(precision: str, calibration, keep_float, optimization_level: 
 
     if keep_float is not None and precision != "int8":
         raise BuildError("--keep-float applies to --int8 only")
+    _check_keep_float_words(keep_float)
     if calibration is not None:
         if precision != "int8":
             raise BuildError("--calibration applies to --int8 only")
@@ -416,7 +422,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
     import shutil
 
     from .export import copy_tokenizer, export_onnx, load_model_for_task
-    from .fileio import atomic_dir, check_output_dir
+    from .fileio import atomic_dir, check_output_dir, make_writable_dir
     from .reference import REFERENCE_FILE, model_tokenizer
     from .runtime.artifact import TOKENIZER_FILES
     from .precision import check_precision, convert_fp16, quantize_int8, quantize_int8_dynamic
@@ -436,6 +442,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                          "another --output-dir")
     try:  # a file, an input, or someone else's files: refused before any work, --force or not
         check_output_dir(output_dir, force, inputs, replaces=artifact_files, flag="--force")
+        make_writable_dir(output_dir.parent, "--output-dir")
     except (OSError, ValueError) as exc:
         raise BuildError(str(exc)) from None
     _check_options(precision, calibration, keep_float, optimization_level, workspace_gb)

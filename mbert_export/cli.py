@@ -582,8 +582,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def build_script_parser(prog: str) -> argparse.ArgumentParser:
+    """`mbert-export build` as a standalone command (scripts/build_engine.py): its usage and errors name it."""
+    parser = argparse.ArgumentParser(prog=prog, description="Build a verified FP32/FP16/INT8 artifact for one task "
+                                                            "(the same as `mbert-export build`).")
+    add_build_arguments(parser)
+    parser.set_defaults(run=run_build)
+    return parser
+
+
+def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv) of `parser` (default: mbert-export's)."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)

@@ -27,7 +27,7 @@ from . import __version__
 from .check import check_graph
 from .checkpoints import CheckpointError
 from .config import MegatronBertConfig
-from .fileio import EXTERNAL_DATA_THRESHOLD, atomic_path, publish_onnx, staging_dir
+from .fileio import EXTERNAL_DATA_THRESHOLD, atomic_path, make_writable_dir, publish_onnx, staging_dir
 from .modeling import MODEL_CLASSES, MegatronBertPreTrainedModel
 from .reference import model_tokenizer, reference_outputs, write_reference_vectors
 from .runtime.artifact import TOKENIZER_FILES, TOKENIZER_MAIN_FILES
@@ -105,14 +105,10 @@ def _check_arguments(model, task: Task, output: Path, opset: int, max_seq_len: i
         raise ExportError(f"output {output} should end in .onnx")
     if output.is_dir():
         raise ExportError(f"output {output} is a folder; name the graph file to write, e.g. {output / 'model.onnx'}")
-    folder = output.parent
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".{output.name}.write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ExportError(f"cannot write to {folder}: {exc.strerror}; choose a writable --output") from None
+        make_writable_dir(output.parent, "--output")
+    except PermissionError as exc:
+        raise ExportError(str(exc)) from None
 
 
 def load_model_for_task(checkpoint: str | Path, task: str | Task, allow_random_head: bool = False,

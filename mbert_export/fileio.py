@@ -82,6 +82,19 @@ def write_report(path: str | Path, data: dict, markdown: str) -> Path:
     return path
 
 
+def make_writable_dir(folder: str | Path, option: str = "output folder") -> None:
+    """Create `folder` (with its parents) and write a probe file in it: an unwritable place fails here,
+    with its reason and what to do, not later as a bare errno on a temp name."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise PermissionError(f"cannot write to {folder}: {exc.strerror or exc}; choose a writable {option}") from None
+
+
 def check_output_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = (),
                      replaces: Iterable[str] = (), flag: str = "overwrite=True (CLI: --overwrite)") -> None:
     """Refuse an output folder `atomic_dir` must not write; call it before long work to fail early.
@@ -126,7 +139,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str
     """
     target = Path(target)
     check_output_dir(target, overwrite, inputs, replaces)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    make_writable_dir(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     _as_created(tmp, 0o777)
     try:

@@ -211,7 +211,7 @@ def test_keep_float_default_extends_the_recipe_and_an_explicit_keep_wins_over_th
         int8_layers(fp32_graph, "dynamic", ["default", "bert.encoder.layer.9.*"], None, said.append)
     with pytest.raises(PrecisionError, match="--int8-rescore 'cls.decoder' matches no MatMul"):
         int8_layers(fp32_graph, "dynamic", None, ["cls.decoder"], said.append)
-    with pytest.raises(BuildError, match="--keep-float none keeps nothing in float and cannot be combined"):
+    with pytest.raises(BuildError, match=r"--keep-float none keeps nothing in float; it cannot be combined with \['default'\]"):
         int8_layers(fp32_graph, "qdq", ["default", "none"], None, said.append)
 
 
@@ -303,6 +303,7 @@ def test_fp32_build_is_complete_and_verifies(checkpoint, tmp_path, capsys):
     (["--backend", "onnxruntime", "--inference-precision", "f32"], "applies to --backend openvino only"),
     (["--calibration", "anything.txt"], "--calibration applies to --int8 only"),
     (["--keep-float", "bert.*"], "--keep-float applies to --int8 only"),
+    (["--precision", "int8", "--keep-float", "none", "--keep-float", "default"], "it cannot be combined with ['default']"),
     (["--opt-level", "9"], "--opt-level is 0..5"),
     (["--workspace-gb", "-1"], "--workspace-gb must be a positive number"),
     (["--precision", "int8", "--int8-recipe", "qdq", "--calibration", "/nonexistent/text.txt"],
@@ -327,6 +328,19 @@ def test_output_folder_with_another_build_needs_force(checkpoint, tmp_path):
     with pytest.raises(BuildError, match="already holds a build; pass --force"):
         build_artifact("mlm", "fp32", checkpoint=checkpoint, output_dir=out, seq=["1,8,16"])
     assert (out / "engine.plan").read_bytes() == b"another build"
+
+
+def test_build_engine_script_is_build_under_its_own_name():
+    """scripts/build_engine.py: the README's entry point takes build's options and names itself in errors."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "build_engine.py"
+    done = subprocess.run([sys.executable, str(script), "--task", "mlm", "--fp16", "--bogus"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "build_engine.py: error: unrecognized arguments: --bogus" in done.stderr
+    assert "--allow-random-head" in done.stderr and "SUBCOMMAND" not in done.stderr
 
 
 def test_output_folder_of_other_files_is_never_replaced(checkpoint, tmp_path, capsys):

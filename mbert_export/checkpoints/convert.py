@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..fileio import atomic_dir, check_output_dir
+from ..fileio import atomic_dir, check_output_dir, make_writable_dir
 from .args import arg, build_config, check_supported
 from .errors import CheckpointError, Progress, say
 from .hf import SAFE_WEIGHTS_NAME, write_safetensors
@@ -176,7 +176,7 @@ def convert_megatron(src: str | Path, dst: str | Path, *, vocab: str | Path | No
     if vocab is not None and not Path(vocab).is_file():
         raise CheckpointError(f"{vocab}: vocab file not found; pass the WordPiece vocab.txt of the model")
     new_parents = [p for p in (dst.parent, *dst.parent.parents) if not p.exists()]
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    make_writable_dir(dst.parent)
     try:
         with tempfile.TemporaryDirectory(prefix=f".{dst.name}.extract-", dir=dst.parent) as work:
             _convert(src, dst, Path(work), vocab=vocab, lowercase=lowercase, allow_unsafe_pickle=allow_unsafe_pickle,
