@@ -678,6 +678,9 @@ def _truncate(enc_a: Encoding, enc_b: Encoding | None, budget: int, strategy: st
     """
     n_a = len(enc_a)
     n_b = len(enc_b) if enc_b is not None else 0
+    if enc_b is None and strategy == "only_second":
+        raise ValueError(f"input {row} needs truncating, but truncation='only_second' cuts the second text of a "
+                         "pair and there is none; use truncation=True")
     if enc_b is None or strategy == "only_first":
         keep = budget - n_b
         if keep < 0:

@@ -236,6 +236,13 @@ def test_classify_tokens_matches_hf_pipeline(build):
             assert all(text[e["start"]:e["end"]] for e in ours)
     everything = rt.classify_tokens("john smith lives in new york", ignore_labels=())
     assert len(everything) == len(rt.tokenizer.tokenize("john smith lives in new york"))
+    # One label as a string is that label (not its letters); None is HF's default, ["O"].
+    label = everything[0]["entity"]
+    one = rt.classify_tokens("john smith lives in new york", ignore_labels=label)
+    assert one == rt.classify_tokens("john smith lives in new york", ignore_labels=[label]) and len(one) < len(everything)
+    assert rt.classify_tokens("john smith", ignore_labels=None) == rt.classify_tokens("john smith")
+    with pytest.raises(TypeError, match="ignore_labels must be a label or a list of labels"):
+        rt.classify_tokens("john smith", ignore_labels=5)
 
 
 # ---------------------------------------------------------------------------- question answering
@@ -445,10 +452,40 @@ def test_method_of_another_task_is_refused(build):
     (lambda rt: rt.run({"input_ids": np.zeros((1, 4)), }), TypeError, "must hold integers"),
     (lambda rt: rt.run({"input_ids": np.zeros(4, dtype=np.int64)}), ValueError, "must have 2 axes"),
     (lambda rt: rt.run({"input_ids": np.zeros((1, 4), dtype=np.int64), "pixel": 1}), ValueError, "unknown input"),
+    # ONNX Runtime fails inside its Gather on these, OpenVINO answers them with garbage:
+    (lambda rt: rt.run({"input_ids": np.zeros((1, 4), dtype=np.int64), "token_type_ids": np.full((1, 4), 5)}),
+     ValueError, r"token_type_ids must lie in 0..1 \(the model's segment types\), got 5..5"),
+    (lambda rt: rt.run({"input_ids": np.zeros((1, 4), dtype=np.int64), "attention_mask": np.full((1, 4), 7)}),
+     ValueError, "attention_mask must lie in 0..1"),
+    (lambda rt: rt.fill_mask("the [MASK] " + "river " * 80, truncation="only_second"), ValueError,
+     "truncation='only_second' cuts the second text of a pair and there is none"),
+    (lambda rt: OrtMegatronBert(None), TypeError, "the artifact is a folder .* path, got NoneType"),
+    (lambda rt: OrtMegatronBert(rt.artifact.folder, tokenizer=5), TypeError,
+     "tokenizer must be a folder holding vocab.txt or tokenizer.json, or an mbert_export.tokenization.Tokenizer"),
 ])
 def test_bad_input_raises_clear_errors(build, call, error, message):
     with pytest.raises(error, match=message):
         call(build("mlm").runtime)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"max_seq_len": "abc"}, "max_seq_len must be a positive integer, got 'abc'"),
+    ({"max_seq_len": 40.7}, "max_seq_len must be a positive integer, got 40.7"),
+    ({"doc_stride": 2.5}, "doc_stride must be an integer, got 2.5"),
+    ({"max_answer_len": 3.0}, "max_answer_len must be a positive integer"),
+    ({"max_seq_len": 5}, "or pass a larger max_seq_len than 5"),
+])
+def test_answer_question_options_are_checked_alike(build, options, message):
+    with pytest.raises(ValueError, match=message):
+        build("question-answering").runtime.answer_question("where is paris?", "paris is in france.", **options)
+
+
+def test_build_json_contradicting_the_graph_is_refused(build, tmp_path):
+    folder = tmp_path / "edited"
+    shutil.copytree(build("mlm").folder, folder)
+    (folder / "build.json").write_text(json.dumps({"task": "sequence-classification"}))
+    with pytest.raises(ArtifactError, match="says task 'sequence-classification' but the graph .* was exported for 'mlm'"):
+        OrtMegatronBert(folder)
 
 
 def test_truncation_cuts_at_the_maximum_length(build, tokenizer):

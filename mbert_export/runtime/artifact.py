@@ -149,6 +149,11 @@ class Artifact:
         return self.config.get("problem_type")
 
     @property
+    def type_vocab_size(self) -> int:
+        """Segment types the model embeds (token_type_ids lie below it); BERT's default is 2."""
+        return int(self.config.get("type_vocab_size") or 2)
+
+    @property
     def pad_token_id(self) -> int:
         return int(self.config.get("pad_token_id") or 0)
 
@@ -300,6 +305,8 @@ def _check_sidecar_types(sidecar: dict[str, Any], where: Path | None) -> None:
 
 def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
     """Read the artifact at `path` for a backend that wants an "onnx" graph or an "engine"."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"the artifact is a folder (or model.onnx / engine.plan) path, got {type(path).__name__}")
     path = Path(path)
     folder, onnx_path, engine_path, sidecar_path = _locate(path, want)
     sidecar = read_sidecar(sidecar_path) if sidecar_path else {}
@@ -307,6 +314,7 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
     metadata: dict[str, str] = {}
     if onnx_path is not None:
         metadata.update(read_onnx_metadata(onnx_path))
+    graph_task = metadata.get(PREFIX + "task")
     if isinstance(sidecar.get("metadata"), dict):
         metadata.update({str(k): str(v) for k, v in sidecar["metadata"].items()})
     where = onnx_path or sidecar_path or path
@@ -322,6 +330,9 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
     if task_name not in TASKS:
         raise ArtifactError(f"{where} was exported for an unknown task {task_name!r}; "
                             f"this runtime knows: {', '.join(TASKS)}")
+    if graph_task and sidecar.get("task") and graph_task != sidecar["task"]:
+        raise ArtifactError(f"{sidecar_path} says task {sidecar['task']!r} but the graph {onnx_path} was exported for "
+                            f"{graph_task!r}; rebuild the artifact (or restore its build.json)")
     task = TASKS[task_name]
     precision = str(sidecar.get("precision") or metadata.get(PREFIX + "precision") or "fp32")
 

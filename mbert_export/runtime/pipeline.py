@@ -55,12 +55,16 @@ class MegatronBertPipeline:
                 f"{artifact.name} says task {self.task.name!r} but its graph lacks "
                 f"{', '.join(missing_in + missing_out)} (has inputs {list(backend.input_names)}, outputs "
                 f"{list(backend.output_names)}); re-export it")
-        if isinstance(tokenizer, (str, os.PathLike)):
-            from ..tokenization import Tokenizer
+        from ..tokenization import Tokenizer
 
+        if isinstance(tokenizer, (str, os.PathLike)):
             tokenizer = Tokenizer.from_pretrained(tokenizer)
         elif tokenizer is None:
             tokenizer = artifact.load_tokenizer()
+        elif not isinstance(tokenizer, Tokenizer):
+            raise TypeError(f"tokenizer must be a folder holding vocab.txt or tokenizer.json, or an "
+                            f"mbert_export.tokenization.Tokenizer, got {type(tokenizer).__name__} (a Hugging Face "
+                            "tokenizer: pass the folder it was saved to)")
         if tokenizer is not None:
             artifact.check_tokenizer(tokenizer)
         self.tokenizer = tokenizer
@@ -221,10 +225,15 @@ class MegatronBertPipeline:
         if shape[-1] > self.max_seq_len:
             raise ValueError(f"sequence length {shape[-1]} exceeds the maximum of {self.max_seq_len} tokens "
                              f"of {self.artifact.name}")
-        ids = arrays["input_ids"]
-        if ids.min() < 0 or ids.max() >= self.artifact.vocab_size:
-            raise ValueError(f"input_ids must lie in 0..{self.artifact.vocab_size - 1} (the model's vocabulary), "
-                             f"got {int(ids.min())}..{int(ids.max())}")
+        # Out-of-range ids fail inside ONNX Runtime's Gather, and OpenVINO answers them with garbage.
+        limits = {"input_ids": (self.artifact.vocab_size, "the model's vocabulary"),
+                  "token_type_ids": (self.artifact.type_vocab_size, "the model's segment types"),
+                  "attention_mask": (2, "1 = attend, 0 = padding")}
+        for name, (size, meaning) in limits.items():
+            values = arrays[name]
+            if values.min() < 0 or values.max() >= size:
+                raise ValueError(f"{name} must lie in 0..{size - 1} ({meaning}), got {int(values.min())}.."
+                                 f"{int(values.max())}")
         return self._infer({n: arrays[n] for n in self.task.inputs}, trim=False)
 
     # ------------------------------------------------------------------ masked LM
@@ -238,7 +247,7 @@ class MegatronBertPipeline:
         """
         self._require("fill_mask")
         tokenizer = self._tokenizer_for("fill_mask")
-        _check_top_k(top_k)
+        _positive_int(top_k, "top_k")
         texts, single = self._texts(text, "text")
         targets_ids = post.target_ids(tokenizer, targets) if targets is not None else None
         batch = self._encode(texts, truncation=truncation)
@@ -259,7 +268,7 @@ class MegatronBertPipeline:
         """Causal LM: the most likely next tokens after `text`, as [{score, token, token_str}]."""
         self._require("next_token")
         tokenizer = self._tokenizer_for("next_token")
-        _check_top_k(top_k)
+        _positive_int(top_k, "top_k")
         texts, single = self._texts(text, "text")
         batch = self._encode(texts, truncation=truncation)
         lengths = batch["attention_mask"].sum(-1)
@@ -287,7 +296,7 @@ class MegatronBertPipeline:
         self._require("classify")
         self._tokenizer_for("classify")
         if top_k is not None:
-            _check_top_k(top_k)
+            _positive_int(top_k, "top_k")
         texts, single = self._texts(text, "text")
         pairs = self._pairs(texts, single, text_pair, "text_pair")
         function = self._classification_function(function_to_apply)
@@ -320,11 +329,12 @@ class MegatronBertPipeline:
         return "softmax"
 
     def classify_tokens(self, text: str | Sequence[str], aggregation: str = "none",
-                        ignore_labels: Sequence[str] = ("O",), truncation: bool = False):
+                        ignore_labels: str | Sequence[str] | None = ("O",), truncation: bool = False):
         """Token classification in HF format: per text a list of {entity, score, index, word, start, end}.
 
         aggregation="simple" merges adjacent tokens of one entity (B-/I- tags) into
-        {entity_group, score, word, start, end}. Entities labelled in `ignore_labels` are left out.
+        {entity_group, score, word, start, end}. Entities labelled in `ignore_labels` (a label or a list;
+        None: ["O"], as in HF) are left out.
         """
         self._require("classify_tokens")
         tokenizer = self._tokenizer_for("classify_tokens")
@@ -334,7 +344,7 @@ class MegatronBertPipeline:
         batch = self._encode(texts, truncation=truncation, offsets=True)
         logits = self._infer(self._model_inputs(batch), trim=True)["logits"]
         lengths = batch["attention_mask"].sum(-1)
-        ignore = set(ignore_labels or ())
+        ignore = _labels(("O",) if ignore_labels is None else ignore_labels)
         results = []
         for i, sentence in enumerate(texts):
             n = int(lengths[i])
@@ -360,23 +370,30 @@ class MegatronBertPipeline:
         """
         self._require("answer_question")
         tokenizer = self._tokenizer_for("answer_question")
-        _check_top_k(top_k)
-        if not isinstance(max_answer_len, int) or max_answer_len < 1:
-            raise ValueError(f"max_answer_len must be a positive integer, got {max_answer_len!r}")
+        _positive_int(top_k, "top_k")
+        _positive_int(max_answer_len, "max_answer_len")
         questions, single = self._texts(question, "question")
         contexts = self._pairs(questions, single, context, "context")
         if contexts is None:
             raise ValueError("answer_question() needs a context")
-        window = min(self.max_seq_len, QA_MAX_SEQ_LEN) if max_seq_len is None else int(max_seq_len)
+        window = min(self.max_seq_len, QA_MAX_SEQ_LEN) if max_seq_len is None else _positive_int(max_seq_len,
+                                                                                                  "max_seq_len")
         if window > self.max_seq_len:
             raise ValueError(f"max_seq_len={window} exceeds the maximum of {self.max_seq_len} tokens of "
                              f"{self.artifact.name}")
+        if doc_stride is not None and (isinstance(doc_stride, bool) or not isinstance(doc_stride, (int, np.integer))):
+            raise ValueError(f"doc_stride must be an integer, got {doc_stride!r}")
         stride = min(window // 2, 128) if doc_stride is None else int(doc_stride)
         if stride < 0 or stride > window:
             raise ValueError(f"doc_stride ({stride}) must lie in 0..max_seq_len ({window})")
         windows = []
         for i, (q, c) in enumerate(zip(questions, contexts)):
-            windows += post.qa_windows(tokenizer, i, q, c, window, stride)
+            try:
+                windows += post.qa_windows(tokenizer, i, q, c, window, stride)
+            except ValueError as exc:
+                if max_seq_len is None:
+                    raise
+                raise ValueError(f"{exc}, or pass a larger max_seq_len than {window}") from None
         longest = max(len(w.input_ids) for w in windows)
         feeds = {name: np.zeros((len(windows), longest), dtype=np.int64) for name in self.task.inputs}
         feeds["input_ids"][:] = tokenizer.pad_token_id
@@ -504,6 +521,16 @@ class MegatronBertPipeline:
         return report
 
 
-def _check_top_k(top_k: Any) -> None:
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+def _labels(labels: Any) -> set[str]:
+    """`ignore_labels` as a set: one label or a list of them (a string is one label, not its letters)."""
+    if isinstance(labels, str):
+        return {labels}
+    if not isinstance(labels, (list, tuple, set, frozenset)) or not all(isinstance(x, str) for x in labels):
+        raise TypeError(f"ignore_labels must be a label or a list of labels, got {labels!r}")
+    return set(labels)
+
+
+def _positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
