@@ -460,6 +460,12 @@ def test_method_of_another_task_is_refused(build):
     (lambda rt: rt.fill_mask("the [MASK] " + "river " * 80, truncation="only_second"), ValueError,
      "truncation='only_second' cuts the second text of a pair and there is none"),
     (lambda rt: OrtMegatronBert(None), TypeError, "the artifact is a folder .* path, got NoneType"),
+    (lambda rt: rt.run({"input_ids": [[2, 10, 3], [2, 3]]}), ValueError, "input_ids must be a rectangular array"),
+    (lambda rt: rt.run({0: np.zeros((1, 4), dtype=np.int64), "input_ids": np.zeros((1, 4), dtype=np.int64)}),
+     ValueError, "unknown input"),
+    (lambda rt: rt.verify(thresholds="strict"), TypeError, "thresholds must be a Thresholds or a dict of max_abs"),
+    (lambda rt: rt.verify(thresholds={"max_abs": "x"}), TypeError, "thresholds must be a Thresholds"),
+    (lambda rt: compare(rt, str(rt.artifact.folder)), TypeError, "compare\\(\\) takes two opened runtimes"),
     (lambda rt: OrtMegatronBert(rt.artifact.folder, tokenizer=5), TypeError,
      "tokenizer must be a folder holding vocab.txt or tokenizer.json, or an mbert_export.tokenization.Tokenizer"),
 ])

@@ -106,6 +106,9 @@ def compare(reference: MegatronBertPipeline, candidate: MegatronBertPipeline,
     E.g. an FP16 TensorRT engine against the FP32 graph on ONNX Runtime. `feeds` default to the
     reference artifact's reference.npz inputs; thresholds follow the candidate's precision.
     """
+    if not all(isinstance(r, MegatronBertPipeline) for r in (reference, candidate)):
+        raise TypeError("compare() takes two opened runtimes, e.g. compare(OrtMegatronBert(fp32_folder), "
+                        "OvMegatronBert(int8_folder))")
     if reference.task.name != candidate.task.name:
         raise ValueError(f"cannot compare task {reference.task.name!r} with task {candidate.task.name!r}")
     source = "given inputs"

@@ -198,7 +198,7 @@ class MegatronBertPipeline:
         """
         if not isinstance(feeds, dict):
             raise TypeError(f"run() takes a dict of input arrays, got {type(feeds).__name__}")
-        unknown = sorted(set(feeds) - set(self.task.inputs))
+        unknown = sorted(map(str, set(feeds) - set(self.task.inputs)))
         if unknown:
             raise ValueError(f"run() got unknown input(s) {', '.join(unknown)}; the graph takes "
                              f"{', '.join(self.task.inputs)}")
@@ -207,7 +207,11 @@ class MegatronBertPipeline:
         rank = len(self.task.input_axes)
         arrays = {}
         for name, value in feeds.items():
-            array = np.asarray(value)
+            try:
+                array = np.asarray(value)
+            except ValueError:  # numpy: "inhomogeneous shape" for ragged lists
+                raise ValueError(f"{name} must be a rectangular array: pad every row to one length (and set "
+                                 "attention_mask to 0 on the padding)") from None
             if not np.issubdtype(array.dtype, np.integer):
                 raise TypeError(f"{name} must hold integers, got {array.dtype}")
             if array.ndim != rank:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -318,4 +318,9 @@ def with_overrides(base: Thresholds, overrides: Thresholds | dict[str, Any] | No
         return base
     if isinstance(overrides, Thresholds):
         return overrides
+    names = [f.name for f in fields(Thresholds)]
+    if not isinstance(overrides, dict) or set(overrides) - set(names) or not all(
+            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in overrides.values()):
+        raise TypeError(f"thresholds must be a Thresholds or a dict of {', '.join(names)} to numbers (or None), "
+                        f"got {overrides!r}")
     return replace(base, **overrides)
