@@ -158,6 +158,8 @@ def test_bad_settings_are_clear_errors(mlm):
         OvMegatronBert(mlm, performance_hint="fastest", cache_dir=False)
     with pytest.raises(ValueError, match="threads must be a positive integer"):
         OvMegatronBert(mlm, threads=0, cache_dir=False)
+    with pytest.raises(TypeError, match="config must be a dict of OpenVINO properties"):
+        OvMegatronBert(mlm, config=["x"], cache_dir=False)
 
 
 def test_a_graph_openvino_cannot_compile_names_the_node(mlm, tmp_path):

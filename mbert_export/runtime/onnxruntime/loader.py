@@ -34,6 +34,9 @@ def resolve_providers(providers: Sequence[Any] | str | None, available: Sequence
         return list(DEFAULT_PROVIDERS)
     if isinstance(providers, str):
         providers = [providers]
+    if not isinstance(providers, (list, tuple)):
+        raise TypeError(f"providers must be a name or a list of names like 'CPUExecutionProvider' or 'cuda', "
+                        f"got {providers!r}")
     resolved: list[Any] = []
     for item in providers:
         options = None
@@ -55,6 +58,8 @@ def create_session(path: str | Path, providers: Sequence[Any] | str | None = Non
     """`onnxruntime.InferenceSession` for `path`; refuses a silent fallback from the provider asked for."""
     ort = _import_ort()
     wanted = resolve_providers(providers, ort.get_available_providers())
+    if session_options is not None and not isinstance(session_options, ort.SessionOptions):
+        raise TypeError(f"session_options must be an onnxruntime.SessionOptions, got {type(session_options).__name__}")
     try:
         session = ort.InferenceSession(str(path), sess_options=session_options, providers=wanted)
     except Exception as exc:  # onnxruntime raises its own exception types (Fail, InvalidGraph, ...)

@@ -154,6 +154,9 @@ def compile_graph(onnx_path: str | os.PathLike, *, inference_precision: str | No
         options["INFERENCE_NUM_THREADS"] = threads
     if num_streams is not None:
         options["NUM_STREAMS"] = num_streams
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict of OpenVINO properties, e.g. {{'PERFORMANCE_HINT': 'LATENCY'}}, "
+                        f"got {type(config).__name__}")
     options.update(config or {})
 
     cache, folder, read_only = "off", None, False
