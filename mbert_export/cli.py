@@ -553,14 +553,18 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_convert, 
 SUBCOMMANDS += [add_triton, add_serve]  # serving/
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _parsers() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
     parser = argparse.ArgumentParser(
         prog="mbert-export", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Deploy MegatronBERT: convert checkpoints, export ONNX per task, build engines.")
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     for add in SUBCOMMANDS:
         add(sub)
-    return parser
+    return parser, sub
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return _parsers()[0]
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -582,13 +586,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def build_script_parser(prog: str) -> argparse.ArgumentParser:
-    """`mbert-export build` as a standalone command (scripts/build_engine.py): its usage and errors name it."""
-    parser = argparse.ArgumentParser(prog=prog, description="Build a verified FP32/FP16/INT8 artifact for one task "
-                                                            "(the same as `mbert-export build`).")
-    add_build_arguments(parser)
-    parser.set_defaults(run=run_build)
-    return parser
+def script_parser(command: str, prog: str) -> argparse.ArgumentParser:
+    """The parser of subcommand `command` as a standalone command named `prog` (scripts/build_engine.py,
+    scripts/bench.py): its usage and errors name the script, not `mbert-export`."""
+    standalone = _parsers()[1].choices[command]
+    standalone.prog = prog
+    return standalone
 
 
 def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None = None) -> int:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mbert_export.cli import build_script_parser, main  # noqa: E402
+from mbert_export.cli import main, script_parser  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], build_script_parser("build_engine.py")))
+    sys.exit(main(sys.argv[1:], script_parser("build", "build_engine.py")))
