@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -436,12 +435,14 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                          "checkout; pass --checkpoint HF_FOLDER")
     output_dir = Path(output_dir) if output_dir else DEFAULT_ENGINES_DIR / f"{task.name}-{precision}"
     inputs = [p for p in (checkpoint, calibration) if p]
-    artifact_files = (SIDECAR_NAME, GRAPH_NAME, ENGINE_NAME)
-    if output_dir.is_dir() and any(n in artifact_files for n in os.listdir(output_dir)) and not force:
+    def is_build(folder: Path) -> bool:
+        return any((folder / name).exists() for name in (SIDECAR_NAME, GRAPH_NAME, ENGINE_NAME))
+
+    if output_dir.is_dir() and is_build(output_dir) and not force:
         raise BuildError(f"{output_dir} already holds a build; pass --force to replace it or choose "
                          "another --output-dir")
     try:  # a file, an input, or someone else's files: refused before any work, --force or not
-        check_output_dir(output_dir, force, inputs, replaces=artifact_files, flag="--force")
+        check_output_dir(output_dir, force, inputs, ours=is_build, flag="--force")
         make_writable_dir(output_dir.parent, "--output-dir")
     except (OSError, ValueError) as exc:
         raise BuildError(str(exc)) from None
@@ -471,7 +472,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
     profiles = make_profiles(batch, seq, config.max_position_embeddings, choices)
     max_seq = max(p.sequence[2] for p in profiles)
     start = time.perf_counter()
-    with atomic_dir(output_dir, overwrite=force, inputs=inputs, replaces=artifact_files) as stage:
+    with atomic_dir(output_dir, overwrite=force, inputs=inputs, ours=is_build) as stage:
         fp32_path = stage / "fp32" / GRAPH_NAME
         exported = export_onnx(model, task, fp32_path, max_seq_len=max_seq, tokenizer_dir=checkpoint,
                                source=str(checkpoint), progress=say)

@@ -10,7 +10,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 #: Above this many weight bytes the tensors go to ONE external-data file beside the .onnx. Protobufs
 #: stop at 2 GiB, and well below that a single-file save costs two extra in-memory copies of the
@@ -96,13 +96,14 @@ def make_writable_dir(folder: str | Path, option: str = "output folder") -> None
 
 
 def check_output_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = (),
-                     replaces: Iterable[str] = (), flag: str = "overwrite=True (CLI: --overwrite)") -> None:
+                     ours: Callable[[Path], bool] | None = None,
+                     flag: str = "overwrite=True (CLI: --overwrite)") -> None:
     """Refuse an output folder `atomic_dir` must not write; call it before long work to fail early.
 
     Refused: a file; a folder that is or holds one of `inputs` (even with `overwrite`); a non-empty
-    folder without `overwrite` (`flag` names the option that allows it); and, when `replaces` names the
-    files this tool writes there, a non-empty folder holding none of them, even with `overwrite` (it
-    is someone else's folder, and replacing it would delete their files).
+    folder without `overwrite` (`flag` names the option that allows it); and, when `ours` tells a
+    folder this tool wrote, a non-empty folder it does not recognise, even with `overwrite` (it is
+    someone else's folder, and replacing it would delete their files).
     """
     target = Path(target)
     for source in inputs:
@@ -119,8 +120,7 @@ def check_output_dir(target: str | Path, overwrite: bool = False, inputs: Iterab
     held = sorted(p.name for p in target.iterdir()) if target.is_dir() else []
     if not held:
         return
-    replaces = list(replaces)
-    if replaces and not any(name in held for name in replaces):
+    if ours is not None and not ours(target):
         shown = ", ".join(held[:5]) + (", ..." if len(held) > 5 else "")
         raise FileExistsError(f"{target} holds files this did not write ({shown}); replacing it would delete them: "
                               "choose another output folder")
@@ -131,14 +131,14 @@ def check_output_dir(target: str | Path, overwrite: bool = False, inputs: Iterab
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = False, inputs: Iterable[str | Path] = (),
-               replaces: Iterable[str] = ()) -> Iterator[Path]:
+               ours: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temp folder beside `target`; it becomes `target` only if the block succeeds.
 
     An existing non-empty `target` is refused unless `overwrite` (then it is replaced as a whole); see
     `check_output_dir` for what is refused always.
     """
     target = Path(target)
-    check_output_dir(target, overwrite, inputs, replaces)
+    check_output_dir(target, overwrite, inputs, ours)
     make_writable_dir(target.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     _as_created(tmp, 0o777)

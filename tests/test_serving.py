@@ -272,10 +272,26 @@ def test_bad_repository_requests_write_nothing(artifacts, tmp_path):
         write_repository([artifacts["mlm"]], tmp_path / "r", names=["a", "b"])
     with pytest.raises(ValueError, match="does not exist"):
         write_repository([tmp_path / "missing"], tmp_path / "r")
+    with pytest.raises(ValueError, match="model name aaaaaaaaaaaaaaaaaaaa... is 300 characters long; use at most 200"):
+        write_repository([artifacts["mlm"]], tmp_path / "r", names=["a" * 300])
+    with pytest.raises(ValueError, match="shape dynamic batching, which is off"):
+        write_repository([artifacts["mlm"]], tmp_path / "r", dynamic_batching=False, preferred_batch=[8])
+    with pytest.raises(ValueError, match="threads set the python layout's runtime"):
+        write_repository([artifacts["mlm"]], tmp_path / "r", layout="ensemble", threads=3)
+    with pytest.raises(ValueError, match="the repository path is empty"):
+        write_repository([artifacts["mlm"]], "", overwrite=True)
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))
     write_repository([artifacts["mlm"]], tmp_path / "r")
     with pytest.raises(FileExistsError):
         write_repository([artifacts["mlm"]], tmp_path / "r")
+    write_repository([artifacts["mlm"]], tmp_path / "r", names=["other"], overwrite=True)  # a repository: replaced
+    assert [p.name for p in (tmp_path / "r").iterdir()] == ["other"]
+    theirs = tmp_path / "docs"  # a folder of someone's files is never replaced, --overwrite or not
+    (theirs / "sub").mkdir(parents=True)
+    (theirs / "notes.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match=r"docs holds files this did not write \(notes.txt, sub\)"):
+        write_repository([artifacts["mlm"]], theirs, overwrite=True)
+    assert (theirs / "notes.txt").read_text() == "precious" and (theirs / "sub").is_dir()
 
 
 def test_bad_artifacts_and_options_get_their_own_errors(artifacts, tmp_path):
@@ -321,6 +337,10 @@ def test_bad_artifacts_and_options_get_their_own_errors(artifacts, tmp_path):
             write_repository([folder], tmp_path / "r")
     with pytest.raises(ArtifactError, match="build.json: max_batch must be an integer, got 2.7"):
         write_repository([copy("fractional", max_batch=2.7)], tmp_path / "r")
+    neither = copy("neither")
+    (neither / "model.onnx").unlink()
+    with pytest.raises(ArtifactError, match="neither has neither model.onnx nor engine.plan"):
+        write_repository([neither], tmp_path / "r", backend="tensorrt")
     engine_only = copy("engine-only", engine="engine.plan", max_batch=2**40)
     (engine_only / "model.onnx").unlink()
     (engine_only / "engine.plan").write_bytes(b"engine")

@@ -214,8 +214,9 @@ def _open(path: str | os.PathLike) -> Artifact:
             raise  # what is wrong with the graph or build.json, not "no engine"
         try:
             return open_artifact(path, "engine")
-        except MissingFileError:  # neither a graph nor an engine: say what the graph lacks
-            raise graph_error from None
+        except MissingFileError:  # neither a graph nor an engine
+            raise MissingFileError(f"{folder} has neither model.onnx nor engine.plan; pass an artifact folder that "
+                                   "`mbert-export build` or `export` wrote") from None
 
 
 def _default_name(artifact: Artifact) -> str:
@@ -223,11 +224,24 @@ def _default_name(artifact: Artifact) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", base).strip("._-") or "model"
 
 
+#: Longest model name: a folder name (255 bytes on common file systems) with room for "_postprocess".
+MAX_NAME_LENGTH = 200
+
+
 def _check_name(name: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or ""):
         raise ValueError(f"model name {name!r} must start with a letter or digit and hold only letters, digits, "
                          "'_', '-' and '.'")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValueError(f"model name {name[:20]}... is {len(name)} characters long; use at most {MAX_NAME_LENGTH}")
     return name
+
+
+def is_repository(folder: Path) -> bool:
+    """Whether `folder` looks like a model repository (every entry a model folder with a config.pbtxt),
+    i.e. one `--overwrite` may replace."""
+    entries = [e for e in folder.iterdir() if not e.name.startswith(".")]
+    return bool(entries) and all((e / "config.pbtxt").is_file() for e in entries)
 
 
 def _max_batch(artifact: Artifact) -> int:
@@ -406,6 +420,14 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
         raise ValueError(f"backend must be auto, {', '.join(RUNTIME_BACKENDS)}, got {backend!r}")
     if not artifacts:
         raise ValueError("give at least one artifact")
+    if not str(repository).strip():
+        raise ValueError("the repository path is empty; name the folder to write")
+    if not dynamic_batching and (preferred_batch or max_queue_delay_us):
+        raise ValueError("preferred batch sizes and the queue delay shape dynamic batching, which is off; drop them "
+                         "or turn dynamic batching on")
+    if layout == "ensemble" and threads:
+        raise ValueError("threads set the python layout's runtime; the ensemble's middle model runs on Triton's "
+                         "own onnxruntime/tensorrt backend (set its threads in its config.pbtxt)")
     # Triton's schema holds these in 32-bit fields (the queue delay in 64 bits).
     for what, value, low, high in (("instances", 1 if instances is None else instances, 1, MAX_DIM),
                                    ("max_queue_delay_us", max_queue_delay_us, 0, 2**63 - 1),
@@ -432,7 +454,7 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
                    instances=instances, preferred_batch=list(preferred_batch), sequence_bucket=sequence_bucket,
                    threads=threads)
     entries: list[ModelEntry] = []
-    with atomic_dir(repository, overwrite=overwrite, inputs=[a.folder for a in opened]) as root:
+    with atomic_dir(repository, overwrite=overwrite, inputs=[a.folder for a in opened], ours=is_repository) as root:
         for artifact, name in zip(opened, model_names):
             write = _write_ensemble_layout if layout == "ensemble" else _write_python_layout
             entries += write(root, name, artifact, options)
