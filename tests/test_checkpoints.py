@@ -109,6 +109,17 @@ def test_legacy_pipeline_parallel(tmp_path, ref, ref_state, inputs, version, tp)
     fails(src, tmp_path / "hf2", "found 1 pipeline stage.* but args.pipeline_model_parallel_size is 2")
 
 
+def test_copied_tensor_parallel_shard_is_refused(tmp_path, ref, ref_state):
+    """A legacy shard copied over another (no args.rank to tell): caught by content, not merged into wrong weights."""
+    src = write_checkpoint(to_megatron(ref_state, ref.config, version=3.0, tp=2), tmp_path / "in", "iteration")
+    files = sorted(src.rglob("model_optim_rng.pt"))
+    assert len(files) == 2
+    shutil.copy(files[0], files[1])
+    with pytest.raises(CheckpointError, match="holds the same word-embedding slice as"):
+        convert_megatron(src, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
 def test_wrong_qkv_layout_is_detected_by_the_comparison(tmp_path, ref, ref_state, inputs):
     """Control: a [np, hn, 3] (1.0) checkpoint labelled 2.0 must give different logits."""
     shards = to_megatron(ref_state, ref.config, version=1.0, tp=2)

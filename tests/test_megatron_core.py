@@ -168,6 +168,53 @@ def test_refuses_missing_torch_shards_and_undeclared_parallelism(tmp_path):
     fails(tp, tmp_path / "hf", "found 1 tensor-parallel shard.* but args.tensor_model_parallel_size is 2")
 
 
+def test_refuses_copied_and_swapped_shards(tmp_path):
+    """Merged as they are, these give wrong weights without an error (seen: 42 of 78 tensors off by up to 1.85)."""
+    copied = _copy("torch-tp2-pp1-tanh", tmp_path)
+    shutil.copy(copied / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt", copied / "iter_0000001" / "mp_rank_01")
+    fails(copied, tmp_path / "hf", "mp_rank_01/model_optim_rng.pt holds the same word-embedding slice as "
+                                   "iter_0000001/mp_rank_00/model_optim_rng.pt")
+    staged = _copy("torch-tp2-pp2-tanh-untied", tmp_path)
+    it = staged / "iter_0000001"
+    shutil.copy(it / "mp_rank_00_000" / "model_optim_rng.pt", it / "mp_rank_01_000")
+    fails(staged, tmp_path / "hf", "mp_rank_01_000/model_optim_rng.pt and .*mp_rank_00_000/model_optim_rng.pt were "
+                                   "both saved by rank 0")
+    swapped = _copy("torch-tp2-pp2-tanh-untied", tmp_path / "swapped")
+    it = swapped / "iter_0000001"
+    (it / "mp_rank_00_000").rename(it / "moved")
+    (it / "mp_rank_01_000").rename(it / "mp_rank_00_000")
+    (it / "moved").rename(it / "mp_rank_01_000")
+    fails(swapped, tmp_path / "hf", "the mp_rank folders do not hold the shards their names say .*mp_rank_00_000/"
+                                    "model_optim_rng.pt: rank 1.*folders were swapped or renamed")
+
+
+def test_lowercasing_a_cased_vocab_is_warned(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"Tok{i}" for i in range(40)]))
+    said: list[str] = []
+    convert_megatron(FIXTURES / "torch_dist-tp1-pp1-tanh", tmp_path / "hf", vocab=vocab, lowercase=True,
+                     progress=said.append)
+    assert any("40 of 40 tokens in vocab.txt have capitals" in m and "--cased" in m for m in said)
+    said.clear()
+    convert_megatron(FIXTURES / "torch_dist-tp1-pp1-tanh", tmp_path / "hf2", vocab=vocab, lowercase=False,
+                     progress=said.append)
+    assert not any("have capitals" in m for m in said)
+
+
+def test_zip_of_two_checkpoints_names_them_and_the_zip(tmp_path):
+    import zipfile
+
+    archive = tmp_path / "two.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name in ("torch-tp2-pp1-tanh", "torch_dist-tp1-pp1-erf"):
+            for path in (FIXTURES / name).rglob("*"):
+                if path.is_file():
+                    zf.write(path, f"{name}/{path.relative_to(FIXTURES / name)}")
+    message = fails(archive, tmp_path / "hf", r"two.zip \(extracted\) holds several folders \(torch-tp2-pp1-tanh/, "
+                                              r"torch_dist-tp1-pp1-erf/\) and no checkpoint of its own")
+    assert ".extract-" not in message and not list(tmp_path.glob(".hf*"))
+
+
 def test_refuses_broken_torch_dist_folders(tmp_path):
     src = _copy("torch_dist-tp2-pp2-tanh", tmp_path)
     it = src / "iter_0000001"
@@ -179,7 +226,14 @@ def test_refuses_broken_torch_dist_folders(tmp_path):
     fails(src, tmp_path / "hf", "__0_0.distcp: the file is .* bytes but .metadata places data up to byte .* truncated")
     (it / "__0_0.distcp").write_bytes(data[:100] + bytes(len(data) - 100))  # right size, garbage inside
     fails(src, tmp_path / "hf", "do not match .metadata|corrupt")
+    shutil.copy(FIXTURES / "torch_dist-tp1-pp1-tanh" / "iter_0000001" / "__0_0.distcp", it / "__0_0.distcp")
+    message = fails(src, tmp_path / "hf", "common_state.* cannot read it as a PyTorch checkpoint .*truncated or corrupt")
+    assert "weights_only" not in message  # torch's advice to load unsafely is no advice for a corrupt file
     (it / "__0_0.distcp").write_bytes(data)
+    metadata = (it / ".metadata").read_bytes()
+    (it / ".metadata").write_bytes(b"hello world\n")  # corrupt, not a refused class
+    fails(src, tmp_path / "hf", "cannot read the torch_dist index .*truncated or corrupt")
+    (it / ".metadata").write_bytes(metadata)
     shutil.copy(FIXTURES / "torch_dist-tp1-pp1-erf" / "iter_0000001" / ".metadata", it / ".metadata")
     fails(src, tmp_path / "hf", "__1_0.distcp.* not named in .metadata: the index does not match")
     (it / ".metadata").unlink()

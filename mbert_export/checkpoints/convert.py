@@ -14,6 +14,8 @@ import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
 from ..fileio import atomic_dir, check_output_dir, make_writable_dir
 from .args import arg, build_config, check_supported
 from .errors import CheckpointError, Progress, say
@@ -22,7 +24,7 @@ from .layout import DistFolder, Grid, extract_zip, find_checkpoint, is_torch_arc
 from .legacy import is_legacy, legacy_shard
 from .mcore import is_mcore, mcore_shard
 from .merge import (BINARY, LM_HEAD, POOLER, QKV_LAYOUTS, UNTIED_DECODER, Shard, check_shapes, join_stages,
-                    label_of, layer_keys, merge_plan)
+                    label_of, layer_keys, materialise, merge_plan)
 from .torch_dist import dist_shard
 from .unpickle import safe_torch_load
 
@@ -51,10 +53,46 @@ def _read_file(path: Path, label: str, allow_unsafe_pickle: bool, progress: Prog
         "(model.language_model.embedding / encoder ...) or Megatron-Core's BertModel (embedding.*, encoder.layers.*)")
 
 
+def _check_shard_places(parts: list[list[Shard]]) -> None:
+    """Refuse shard files that are copies of one another or sit in each other's mp_rank folders: merged as
+    they are, they give a model with wrong weights and no error.
+
+    The global rank that saved each file (args.rank) grows with the tensor-parallel rank fastest and the
+    pipeline stage slowest in every Megatron rank order ("tp-cp-ep-dp-pp", "tp-pp-dp"). Files without a
+    rank, or with one rank in all (re-sharding tools save every shard with the same args), are compared
+    by content: two tensor-parallel ranks never hold the same slice of the word embeddings.
+    """
+    tp, pp = len(parts), len(parts[0])
+    if tp * pp == 1:
+        return
+    where = {(t, p): parts[t][p] for t in range(tp) for p in range(pp)}
+    ranks = {key: arg(part.args, "rank") for key, part in where.items()}
+    if all(isinstance(r, int) for r in ranks.values()) and len(set(ranks.values())) > 1:
+        in_order = [(ranks[t, p], where[t, p].label) for p in range(pp) for t in range(tp)]
+        seen: dict[int, str] = {}
+        for rank, label in in_order:
+            if rank in seen:
+                raise CheckpointError(f"{label} and {seen[rank]} were both saved by rank {rank}: one is a copy of the "
+                                      "other; copy every mp_rank folder again from the training run")
+            seen[rank] = label
+        if [r for r, _ in in_order] != sorted(r for r, _ in in_order):
+            found = ", ".join(f"{label}: rank {rank}" for rank, label in in_order)
+            raise CheckpointError(f"the mp_rank folders do not hold the shards their names say ({found}; ranks grow "
+                                  "with the tensor-parallel rank, then the stage): folders were swapped or renamed")
+    name = "bert.embeddings.word_embeddings.weight"
+    for p in range(pp):
+        slices = [(parts[t][p].label, parts[t][p].tensors.get(name)) for t in range(tp)]
+        loaded = [(label, materialise(value)) for label, value in slices if value is not None]
+        for i in range(1, len(loaded)):
+            if loaded[i][1].shape == loaded[0][1].shape and torch.equal(loaded[i][1], loaded[0][1]):
+                raise CheckpointError(f"{loaded[i][0]} holds the same word-embedding slice as {loaded[0][0]}: one "
+                                      "tensor-parallel shard is a copy of another; copy every mp_rank folder again")
+
+
 def _read_grid(grid: Grid, src: Path, allow_unsafe_pickle: bool, progress: Progress) -> list[Shard]:
     """One `Shard` per tensor-parallel rank, its pipeline stages joined."""
     tp, pp = len(grid.files), len(grid.files[0])
-    shards = []
+    shards, grid_parts = [], []
     for t, stages in enumerate(grid.files):
         parts = []
         for p, path in enumerate(stages):
@@ -65,7 +103,9 @@ def _read_grid(grid: Grid, src: Path, allow_unsafe_pickle: bool, progress: Progr
         if len(kinds) > 1:
             raise CheckpointError(f"{parts[0].label}: the pipeline stages mix legacy Megatron-LM and Megatron-Core "
                                   "files; they come from different checkpoints")
-        shards.append(join_stages(parts))
+        grid_parts.append(parts)
+    _check_shard_places(grid_parts)
+    shards = [join_stages(parts) for parts in grid_parts]
     declared = arg(shards[0].args, "pipeline_model_parallel_size")
     if declared is not None and int(declared) != pp:
         raise CheckpointError(
@@ -145,7 +185,14 @@ def _tokenizer(vocab: str | Path, lowercase: bool | None, args: Any, src: Path, 
         say(progress, f"tokenizer: {'lower-casing' if lowercase else 'cased'} (from {kind or src.name})")
     elif inferred is not None and inferred != lowercase:
         say(progress, f"warning: lowercase={lowercase} but the checkpoint says {kind or src.name}")
-    return Tokenizer.from_vocab(vocab, lowercase=lowercase)
+    tokenizer = Tokenizer.from_vocab(vocab, lowercase=lowercase)
+    if lowercase:  # lower-cased text never reaches an upper-case token: a cased vocab would be mostly dead
+        words = [t for t in vocab.read_text(encoding="utf-8", errors="replace").split() if not t.startswith("[")]
+        upper = sum(t != t.lower() for t in words)
+        if words and upper / len(words) > 0.2:
+            say(progress, f"warning: lower-casing, but {upper} of {len(words)} tokens in {vocab.name} have capitals "
+                          "that lower-cased text never matches: is this a cased vocab (then pass --cased)?")
+    return tokenizer
 
 
 def convert_megatron(src: str | Path, dst: str | Path, *, vocab: str | Path | None = None,
@@ -199,7 +246,11 @@ def _convert(src: Path, dst: Path, work: Path, *, vocab: str | Path | None, lowe
         found = find_checkpoint(src, progress)
     elif src.suffix.lower() == ".zip" or (src.suffix.lower() not in (".pt", ".pth", ".bin", ".ckpt")
                                            and zipfile.is_zipfile(src) and not is_torch_archive(src)):
-        found = find_checkpoint(extract_zip(src, work, progress), progress)
+        extracted = extract_zip(src, work, progress)
+        try:
+            found = find_checkpoint(extracted, progress)
+        except CheckpointError as exc:  # name the user's zip, not the temp folder it was extracted to
+            raise CheckpointError(str(exc).replace(str(extracted), f"{src} (extracted)")) from None
     elif src.suffix == ".distcp" or src.name in (".metadata", "common.pt") and (src.parent / ".metadata").is_file():
         raise CheckpointError(f"{src} is one file of a torch_dist checkpoint; pass its folder ({src.parent}) or "
                               "the folder holding latest_checkpointed_iteration.txt")

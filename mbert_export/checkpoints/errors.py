@@ -23,5 +23,15 @@ def short(text: object, limit: int = 200) -> str:
 
 
 def corrupt_message(path: Path | str, exc: BaseException) -> str:
-    return (f"{path}: cannot read it as a PyTorch checkpoint ({type(exc).__name__}: {short(exc)}); the file is "
+    return (f"{path}: cannot read it as a PyTorch checkpoint ({type(exc).__name__}: {_reason(exc)}); the file is "
             "truncated or corrupt: download or copy it again")
+
+
+def _reason(exc: BaseException) -> str:
+    """The error's own words, without torch's weights-only preamble, which advises loading the file with
+    weights_only=False (arbitrary code) -- wrong advice for a corrupt file."""
+    text = str(exc)
+    if "Weights only load failed" in text:
+        text = text.split("WeightsUnpickler error:")[-1].split("Check the documentation of torch.load")[0] \
+            if "WeightsUnpickler error:" in text else "not a readable pickle"
+    return short(text)

@@ -162,6 +162,10 @@ def find_checkpoint(folder: Path, progress: Progress, depth: int = 0) -> Grid | 
     subdirs = [p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__"))]
     if len(subdirs) == 1 and depth < 3:  # a zip's top folder, e.g. megatron_bert_345m_v0_1_cased/
         return find_checkpoint(subdirs[0], progress, depth + 1)
+    if len(subdirs) > 1:
+        names = ", ".join(sorted(p.name + "/" for p in subdirs)[:6])
+        raise CheckpointError(f"{folder} holds several folders ({names}) and no checkpoint of its own: pass the one "
+                              "checkpoint folder to convert (for a zip: extract it first)")
     raise CheckpointError(
         f"{folder}: no Megatron checkpoint found. Expected release/mp_rank_XX/{MEGATRON_CHECKPOINT_NAME}, "
         f"{TRACKER_NAME} + iter_XXXXXXX/ (mp_rank_XX[_YYY]/ folders or torch_dist files), mp_rank_XX/ folders, "

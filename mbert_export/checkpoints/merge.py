@@ -49,7 +49,7 @@ class LazyTensor:
         return self._load()
 
 
-def _materialise(value: Any) -> torch.Tensor:
+def materialise(value: Any) -> torch.Tensor:
     return value.load() if isinstance(value, LazyTensor) else value
 
 
@@ -124,7 +124,7 @@ def merge_plan(shards: list[Shard], config: dict[str, Any], layers: int, optiona
     cache: dict[str, torch.Tensor] = {}
 
     def take(name: str) -> list[torch.Tensor]:
-        return [_materialise(s.tensors.pop(name)) for s in shards]  # drop references as we go
+        return [materialise(s.tensors.pop(name)) for s in shards]  # drop references as we go
 
     def cat(name: str, dim: int) -> Callable[[], torch.Tensor]:
         return lambda: torch.cat(take(name), dim=dim) if n > 1 else take(name)[0]

@@ -185,6 +185,10 @@ def _unsafe_load(source: Path | BinaryIO, label: str, mmap: bool) -> Any:
         raise CheckpointError(corrupt_message(label, exc)) from None
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a global outside the allow-list (as opposed to being corrupt)."""
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Builds only the data classes of `torch.distributed.checkpoint` (and torch sizes / dtypes)."""
 
@@ -202,7 +206,7 @@ class _MetadataUnpickler(pickle.Unpickler):
             return {"Size": torch.Size, "_get_layout": torch.serialization._get_layout,
                     "OrderedDict": collections.OrderedDict, "set": set, "frozenset": frozenset,
                     "PosixPath": pathlib.PosixPath, "PurePosixPath": pathlib.PurePosixPath}[name]
-        raise pickle.UnpicklingError(f"{module}.{name}")
+        raise _RefusedGlobal(f"{module}.{name}")
 
 
 def load_dcp_metadata(path: Path) -> Any:
@@ -212,7 +216,7 @@ def load_dcp_metadata(path: Path) -> Any:
     try:
         with open(path, "rb") as f:
             metadata = _MetadataUnpickler(f).load()
-    except pickle.UnpicklingError as exc:
+    except _RefusedGlobal as exc:
         raise CheckpointError(
             f"{path}: the torch_dist index pickle needs {short(exc)}, which is not a data class of "
             "torch.distributed.checkpoint; refusing to unpickle it (it could run arbitrary code)") from None
