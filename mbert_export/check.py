@@ -77,8 +77,13 @@ def check_model(model: onnx.ModelProto, task_name: str | None = None) -> list[st
             problems.append(f"{where} holds {values.flat[np.abs(values).argmax()]:.3g}, beyond FP16's range "
                             f"(+-{FP16_MAX:g}): it becomes inf in the FP16 engine")
     props = {p.key: p.value for p in model.metadata_props}
+    if task_name is not None and task_name not in TASKS:
+        raise ValueError(f"unknown task {task_name!r}; choose one of: {', '.join(TASKS)}")
     task = TASKS.get(task_name or props.get("mbert_export.task", ""))
-    if task is not None:
+    if task is None:
+        problems.append("no mbert_export.task metadata: the task's dynamic axes were not checked; pass --task TASK "
+                        "(or check a graph that mbert-export exported)")
+    else:
         inputs = {v.name: v for v in graph.input}
         for name in task.inputs:
             if name not in inputs:
@@ -96,10 +101,15 @@ def check_model(model: onnx.ModelProto, task_name: str | None = None) -> list[st
 def check_graph(path: str | Path, task_name: str | None = None) -> list[str]:
     """`check_model` on a file; external weights are not loaded (only the graph is inspected)."""
     path = Path(path)
+    if path.is_dir() and (path / "model.onnx").is_file():  # an artifact folder: its graph
+        path = path / "model.onnx"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; pass the .onnx file to check")
+        raise FileNotFoundError(f"{path} " + ("holds no model.onnx" if path.is_dir() else "does not exist")
+                                + "; pass the .onnx file (or artifact folder) to check")
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as exc:  # onnx raises DecodeError and friends for non-ONNX files
         raise ValueError(f"{path} is not a readable ONNX file ({type(exc).__name__})") from None
+    if not model.graph.node:
+        raise ValueError(f"{path} is not an ONNX model (no graph: empty or not ONNX)")
     return check_model(model, task_name)

@@ -108,7 +108,7 @@ def add_check(sub: argparse._SubParsersAction) -> None:
         description="Exit 1 and list the offending nodes when the graph uses an op outside the TensorRT "
                     "ONNX parser's support list, has float64 tensors, holds -inf or FP16-overflowing "
                     "constants, or lacks the task's dynamic axes.")
-    p.add_argument("onnx_file", help="the .onnx graph")
+    p.add_argument("onnx_file", help="the .onnx graph, or an artifact folder")
     p.add_argument("--task", help="task whose input axes to expect (default: from the graph metadata)")
     p.set_defaults(run=run_check)
 
@@ -271,6 +271,17 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def add_compare(sub: argparse._SubParsersAction) -> None:
     from .runtime.artifact import RUNTIME_BACKENDS
 
@@ -287,7 +298,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="the checkpoint the artifact was built from")
     source.add_argument("--reference-artifact", help="another artifact of the same task (e.g. the FP32 graph)")
-    p.add_argument("--samples", type=int, default=32, help="held-out sentences to use (default 32)")
+    p.add_argument("--samples", type=_positive, default=32, help="held-out sentences to use (default 32)")
     p.add_argument("--report", help="write the report here (.json, plus a .md beside it), with either source")
     p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
                    help="backend for the artifact; auto (default): the one it was built for (build.json), "
@@ -295,7 +306,32 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_compare)
 
 
+def _report_path(text: str | None) -> None:
+    """--report is checked before the comparison runs, not after it."""
+    if text is None:
+        return
+    from pathlib import Path
+
+    from .fileio import make_writable_dir
+
+    path = Path(text)
+    if path.suffix != ".json" or path.is_dir():
+        raise ValueError(f"--report {text!r}: name the .json file to write (the .md goes beside it)")
+    make_writable_dir(path.parent, "--report folder")
+
+
+def _same_graph(a: str, b: str) -> bool:
+    from pathlib import Path
+
+    graphs = [Path(p) / "model.onnx" if Path(p).is_dir() else Path(p) for p in (a, b)]
+    return graphs[0].exists() and graphs[0].resolve() == graphs[1].resolve()
+
+
 def run_compare(args: argparse.Namespace) -> int:
+    _report_path(args.report)
+    if args.reference_artifact and _same_graph(args.artifact, args.reference_artifact):
+        raise ValueError("--artifact and --reference-artifact are the same graph: comparing it with itself checks "
+                         "nothing; pass the artifact to judge and the one to judge it against")
     if args.checkpoint:
         from .parity import compare_checkpoint, parity_markdown
 

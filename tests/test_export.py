@@ -121,6 +121,25 @@ def test_check_flags_float64_inf_and_fp16_overflowing_constants(tiny_graph):
     assert any("to_double" in p and "float64" in p for p in problems)
 
 
+def test_check_on_folders_foreign_and_empty_graphs(tiny_graph, tmp_path, capsys):
+    """An artifact folder is checked through its graph; a graph without task metadata is not called ready;
+    an empty file and an unknown task are bad input."""
+    folder = tmp_path / "artifact"
+    folder.mkdir()
+    onnx.save(onnx.load(str(tiny_graph)), str(folder / "model.onnx"))
+    assert cli_main(["check", str(folder)]) == 0 and "TensorRT-ready" in capsys.readouterr().out
+    foreign = onnx.load(str(tiny_graph))
+    del foreign.metadata_props[:]
+    onnx.save(foreign, str(tmp_path / "foreign.onnx"))
+    assert cli_main(["check", str(tmp_path / "foreign.onnx")]) == 1
+    assert "no mbert_export.task metadata: the task's dynamic axes were not checked" in capsys.readouterr().out
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    assert cli_main(["check", str(tmp_path / "empty.onnx")]) == 2
+    assert "is not an ONNX model (no graph" in capsys.readouterr().err
+    assert cli_main(["check", str(folder), "--task", "bogus"]) == 2
+    assert "unknown task 'bogus'" in capsys.readouterr().err
+
+
 def test_check_flags_a_static_axis(tiny_graph):
     graph = onnx.load(tiny_graph)
     graph.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 128

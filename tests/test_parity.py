@@ -104,7 +104,7 @@ def test_without_tokenizer_random_ids_from_the_real_vocabulary(tmp_path):
 
 
 def test_load_reference_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no reference vectors"):
+    with pytest.raises(FileNotFoundError, match="does not exist .an artifact.s reference.npz is written when it is exported"):
         load_reference(tmp_path / "reference.npz")
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(ValueError, match="not a readable reference file"):

@@ -617,7 +617,7 @@ def test_verify_passes_on_the_artifact_and_fails_when_tampered(build, tmp_path):
     assert not rt.verify(tmp_path / "nan.npz").passed
     loose = rt.verify(thresholds=Thresholds(min_top1=0.99))
     assert loose.passed and loose.thresholds.max_abs is None
-    with pytest.raises(FileNotFoundError, match="no reference vectors"):
+    with pytest.raises(FileNotFoundError, match="does not exist .an artifact.s reference.npz is written when it is exported"):
         rt.verify(tmp_path / "absent.npz")
 
 
@@ -670,6 +670,18 @@ def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):
     report = compare(build("mlm").runtime, rt16)
     assert report.passed, report.summary()
     from mbert_export.cli import main as cli_main  # the same comparison from the command line, with --report
+
+    for argv, message in (([str(source), "--report", str(tmp_path / "r.md")], "name the .json file to write"),
+                          ([str(source)], "are the same graph: comparing it with itself checks nothing")):
+        assert cli_main(["compare", "--artifact", str(source / "model.onnx"), "--reference-artifact", *argv]) == 2
+    with pytest.raises(ValueError, match="holds reference vectors of task 'sequence-classification', but .* is a "
+                                         "'mlm' artifact: pass its own reference.npz"):
+        build("mlm").runtime.verify(build("sequence-classification").folder / "reference.npz")
+    with pytest.raises(FileNotFoundError, match="typo.npz does not exist"):
+        build("mlm").runtime.verify(tmp_path / "typo.npz")
+    (tmp_path / "text.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"not a readable reference file \(not an .npz archive of arrays\)"):
+        build("mlm").runtime.verify(tmp_path / "text.json")
 
     written = tmp_path / "compare.json"
     assert cli_main(["compare", "--artifact", str(fp16), "--reference-artifact", str(source), "--report",

@@ -498,6 +498,9 @@ class MegatronBertPipeline:
         """
         path = self.artifact.reference_path if reference is None else reference
         inputs, expected, meta = load_reference(path)
+        if meta.get("task") not in (None, self.task.name):  # a wrong input, not a failed check
+            raise ValueError(f"{path} holds reference vectors of task {meta['task']!r}, but {self.artifact.name} "
+                             f"is a {self.task.name!r} artifact: pass its own reference.npz")
         try:
             limits = with_overrides(thresholds_for(self.precision), thresholds)
         except ValueError:
@@ -506,10 +509,6 @@ class MegatronBertPipeline:
             limits = with_overrides(Thresholds(), thresholds)
         report = VerifyReport(str(self.artifact.path), self.backend.describe(), self.task.name, self.precision,
                               limits, samples=int(inputs["input_ids"].shape[0]), reference=str(path))
-        if meta.get("task") not in (None, self.task.name):
-            report.error = (f"the reference vectors are for task {meta['task']!r}, the artifact for "
-                            f"{self.task.name!r}")
-            return report
         missing = [n for n in self.task.output_names if n not in expected]
         if missing:  # known before running anything
             report.error = (f"the reference vectors lack {', '.join(missing)} of task {self.task.name!r}'s "

@@ -141,8 +141,8 @@ def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, n
     if path.is_dir():
         raise ValueError(f"{path} is a folder; pass the reference .npz file (an artifact's is reference.npz)")
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: this artifact has no reference vectors; they are "
-                                "written at export time (mbert_export.reference.write_reference_vectors)")
+        raise FileNotFoundError(f"{path} does not exist (an artifact's reference.npz is written when it is exported: "
+                                "re-export it, or pass an existing reference file)")
     try:
         data = np.load(path, allow_pickle=False)
         if not isinstance(data, np.lib.npyio.NpzFile):
@@ -150,8 +150,9 @@ def load_reference(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, n
         with data:
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path} is not a readable reference file ({str(exc) or type(exc).__name__}); "
-                         "re-export the artifact") from None
+        # numpy's own words for a non-array file advise loading it with allow_pickle (arbitrary code)
+        reason = "not an .npz archive of arrays" if "pickle" in str(exc) else str(exc) or type(exc).__name__
+        raise ValueError(f"{path} is not a readable reference file ({reason}); re-export the artifact") from None
     inputs = {k[len(INPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(INPUT_PREFIX)}
     outputs = {k[len(OUTPUT_PREFIX):]: v for k, v in arrays.items() if k.startswith(OUTPUT_PREFIX)}
     try:
