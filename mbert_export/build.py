@@ -468,7 +468,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
         raise BuildError("--int8-weights applies to the dynamic INT8 recipe only (--int8 --int8-recipe dynamic)")
     model = load_model_for_task(checkpoint, task, allow_random_head=allow_random_head, progress=say)
     config = model.config
-    tokenizer = model_tokenizer(None, config, checkpoint) if checkpoint.is_dir() else None  # None: random ids
+    tokenizer = model_tokenizer(None, config, checkpoint)  # None (no tokenizer files): random ids
     profiles = make_profiles(batch, seq, config.max_position_embeddings, choices)
     max_seq = max(p.sequence[2] for p in profiles)
     start = time.perf_counter()

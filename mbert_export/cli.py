@@ -271,15 +271,21 @@ def run_verify(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+def _int_between(low: int, high: int, what: str) -> Callable[[str], int]:
+    """argparse type: an integer from `low` to `high`; `what` says so in the error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return value
+    return parse
+
+
+_positive = _int_between(1, 2**31 - 1, "expected an integer >= 1")
+_port = _int_between(0, 65535, "a port is a number from 0 (any free port) to 65535")
 
 
 def add_compare(sub: argparse._SubParsersAction) -> None:
@@ -472,17 +478,6 @@ def run_triton(args: argparse.Namespace) -> int:
     for entry in entries:
         print(f"{args.repository}/{entry.name}: {entry.describe()}" + (f" ({', '.join(entry.files)})" if entry.files else ""))
     return 0
-
-
-def _port(text: str) -> int:
-    """A TCP port number for argparse: 0 (any free port) to 65535."""
-    try:
-        port = int(text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is a number from 0 (any free port) to 65535, got {text!r}")
-    return port
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:

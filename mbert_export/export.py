@@ -258,8 +258,7 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
     # The tokenizer is read and checked before any work (or folder), so a bad one fails here, named by
     # its own path, and not after the graph is published.
     tokenizer_folder = Path(tokenizer_dir) if tokenizer_dir else None
-    has_folder = tokenizer_folder is not None and tokenizer_folder.is_dir()
-    tokenizer = model_tokenizer(None, model.config, tokenizer_folder) if has_folder else None
+    tokenizer = model_tokenizer(None, model.config, tokenizer_folder)  # None without tokenizer files
     _check_arguments(model, task, output, opset, max_seq_len)
     model.eval()
     start = time.perf_counter()
@@ -284,7 +283,7 @@ def export_onnx(model: MegatronBertPreTrainedModel, task: str | Task, output: st
         external = publish_onnx(staged, output)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
-    copy_tokenizer(Path(tokenizer_dir) if tokenizer_dir else None, output.parent, say)
+    copy_tokenizer(tokenizer_folder, output.parent, say)
     # Reference vectors: a few real inputs and the PyTorch outputs, so that the deployed artifact can
     # prove itself without torch (runtime.verify / mbert-export verify).
     write_reference_vectors(model, task, output.parent, tokenizer=tokenizer, max_seq_len=max_seq_len)

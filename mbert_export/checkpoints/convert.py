@@ -79,6 +79,7 @@ def _check_shard_places(parts: list[list[Shard]]) -> None:
             found = ", ".join(f"{label}: rank {rank}" for rank, label in in_order)
             raise CheckpointError(f"the mp_rank folders do not hold the shards their names say ({found}; ranks grow "
                                   "with the tensor-parallel rank, then the stage): folders were swapped or renamed")
+        return  # every file saved by its own rank, in its place: no copy is possible, nothing to load
     name = "bert.embeddings.word_embeddings.weight"
     for p in range(pp):
         slices = [(parts[t][p].label, parts[t][p].tensors.get(name)) for t in range(tp)]
