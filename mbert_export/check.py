@@ -23,6 +23,8 @@ FP16_MAX = 65504.0
 MAX_SCANNED_CONSTANT = 4096
 MIN_OPSET = 13  # explicit quantization (Q/DQ) needs 13; FP32/FP16 exports use 17+
 STANDARD_DOMAINS = ("", "ai.onnx")
+#: Ops of ONNX Runtime's dynamic INT8 (the CPU recipe): their presence means the graph is not the Q/DQ one.
+DYNAMIC_INT8_OPS = frozenset({"DynamicQuantizeLinear", "MatMulInteger", "DynamicQuantizeMatMul"})
 
 
 @lru_cache(maxsize=1)
@@ -49,6 +51,11 @@ def check_model(model: onnx.ModelProto, task_name: str | None = None) -> list[st
     problems: list[str] = []
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), 0)
+    dynamic_int8 = sorted({n.op_type for n in graph.node} & DYNAMIC_INT8_OPS)
+    if dynamic_int8:
+        problems.append(f"this is ONNX Runtime's CPU INT8 graph (dynamic quantization: {', '.join(dynamic_int8)}), "
+                        "which TensorRT cannot build; for TensorRT build the Q/DQ graph: mbert-export build "
+                        "--int8 --int8-recipe qdq")
     if opset < MIN_OPSET:
         problems.append(f"opset {opset} < {MIN_OPSET}: re-export with --opset 18")
     for version, ops in supported_ops().items():

@@ -217,9 +217,6 @@ def convert_megatron(src: str | Path, dst: str | Path, *, vocab: str | Path | No
     if src.is_file() and (src.parent / "config.json").is_file() and src.suffix in (".safetensors", ".json", ".bin"):
         raise CheckpointError(f"{src} is a file of the Hugging Face folder {src.parent}: pass that folder, "
                               "which needs no conversion")
-    src_abs, dst_abs = src.resolve(), dst.resolve()
-    if src_abs == dst_abs or src_abs.is_relative_to(dst_abs):
-        raise CheckpointError(f"{dst} contains the source checkpoint; choose an output folder outside {src}")
     check_output_dir(dst, overwrite, inputs=[p for p in (src, vocab) if p is not None])  # before reading shards
     if vocab is not None and not Path(vocab).is_file():
         raise CheckpointError(f"{vocab}: vocab file not found; pass the WordPiece vocab.txt of the model")
