@@ -669,6 +669,7 @@ def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):
     assert rt16.precision == "fp16" and report.thresholds.min_top1 == 0.999 and report.passed
     report = compare(build("mlm").runtime, rt16)
     assert report.passed, report.summary()
+    assert "hint" not in report.summary()
     from mbert_export.cli import main as cli_main  # the same comparison from the command line, with --report
 
     for argv, message in (([str(source), "--report", str(tmp_path / "r.md")], "name the .json file to write"),
@@ -690,6 +691,12 @@ def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):
     assert written.with_suffix(".md").read_text().strip().endswith("PASSED")
     meta = json.loads(str(np.load(source / "reference.npz")["meta"]))
     assert meta["task"] == "mlm" and meta["tokenized"] and "[MASK]" in meta["texts"][0]
+    bias = next(t for t in model.graph.initializer if "bias" in t.name)
+    bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 0.01, bias.name))
+    onnx.save(model, str(fp16 / "model.onnx"))  # now 0.01 off the FP32 graph: fails the FP32 bars
+    swapped = compare(OrtMegatronBert(fp16), build("mlm").runtime)  # the FP32 graph judged by the FP16 one
+    assert not swapped.passed and "hint: the reference is fp16, less exact than the fp32 artifact" in swapped.summary()
+    assert "were the two swapped?" in json.loads(json.dumps(swapped.to_dict()))["hint"]
 
 
 def test_reference_vectors_without_tokenizer_use_random_ids(tmp_path):

@@ -12,7 +12,8 @@ from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVinoBackend
 from .pipeline import MegatronBertPipeline
 from .tensorrt import TensorRTBackend
-from .verify import Thresholds, VerifyReport, compare_outputs, load_reference, thresholds_for, with_overrides
+from .verify import (EXACTNESS, Thresholds, VerifyReport, compare_outputs, load_reference, thresholds_for,
+                     with_overrides)
 
 __all__ = ["OrtMegatronBert", "OvMegatronBert", "TRTMegatronBert", "compare"]
 
@@ -124,6 +125,10 @@ def compare(reference: MegatronBertPipeline, candidate: MegatronBertPipeline,
     report = VerifyReport(str(candidate.artifact.path), candidate.backend.describe(), candidate.task.name,
                           candidate.precision, limits, samples=int(feeds["input_ids"].shape[0]),
                           reference=f"{reference.artifact.path} on {reference.backend.describe()} ({source})")
+    ranks = {p: i for i, p in enumerate(EXACTNESS)}
+    if ranks.get(reference.precision, 0) > ranks.get(candidate.precision, 0):
+        report.hint = (f"the reference is {reference.precision}, less exact than the {candidate.precision} artifact "
+                       "it judges: were the two swapped? (CLI: --reference-artifact is the one to trust)")
     try:
         expected = reference.run(feeds)
         got = candidate.run(feeds)

@@ -50,6 +50,10 @@ THRESHOLDS: dict[str, Thresholds] = {
 }
 
 
+#: Precisions from the most exact to the least: a reference should not be less exact than what it judges.
+EXACTNESS = ("fp32", "fp16", "bf16", "int8")
+
+
 def thresholds_for(precision: str) -> Thresholds:
     try:
         return THRESHOLDS[precision]
@@ -109,6 +113,7 @@ class VerifyReport:
     outputs: list[OutputCheck] = field(default_factory=list)
     error: str | None = None
     reference: str = "reference.npz"
+    hint: str | None = None  # shown with a failure: what may be wrong with the comparison itself
 
     @property
     def passed(self) -> bool:
@@ -123,6 +128,8 @@ class VerifyReport:
         lines = [head] + [o.line() for o in self.outputs]
         if self.error:
             lines.append(f"  error: {self.error}")
+        if self.hint and not self.passed:
+            lines.append(f"  hint: {self.hint}")
         lines.append("PASSED" if self.passed else "FAILED")
         return "\n".join(lines)
 
@@ -131,7 +138,7 @@ class VerifyReport:
     def to_dict(self) -> dict[str, Any]:
         return {"artifact": self.artifact, "backend": self.backend, "task": self.task,
                 "precision": self.precision, "passed": self.passed, "samples": self.samples,
-                "error": self.error, "thresholds": self.thresholds.__dict__,
+                "error": self.error, "hint": self.hint if not self.passed else None, "thresholds": self.thresholds.__dict__,
                 "outputs": [{k: v for k, v in o.__dict__.items()} | {"passed": o.passed} for o in self.outputs]}
 
 
