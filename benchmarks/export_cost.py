@@ -10,6 +10,7 @@ benchmarks/results/export_cost.json and prints a markdown table.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -48,7 +49,16 @@ print(json.dumps(dict(preset=preset, weight_bytes=weights, rss_after_build=built
 
 
 def main() -> None:
-    presets = sys.argv[1:] or ["megatron-bert-345m-cased"]
+    from mbert_export.config import PRESETS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("presets", nargs="*", default=["megatron-bert-345m-cased"],
+                        help="model presets, random weights (default megatron-bert-345m-cased; known: "
+                             f"{', '.join(PRESETS)})")
+    presets = parser.parse_args().presets
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        parser.error(f"unknown preset {', '.join(unknown)}; choose from {', '.join(PRESETS)}")
     runs = []
     for preset in presets:
         print(f"[export_cost] {preset} ...", file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """Which layers cost INT8 accuracy: quantize with one group of modules kept in float, measure.
 
-    PYTHONPATH=. python benchmarks/int8_sensitivity.py [GROUP,GROUP,...] [max|percentile|entropy]
+    PYTHONPATH=. python benchmarks/int8_sensitivity.py [--groups GROUP,GROUP,...] [--method max|percentile|entropy]
 
 On the demo model: export the FP32 MLM graph, calibrate on the bundled corpus, and report top-1
 agreement with the FP32 graph and MLM accuracy on 256 held-out masked rows for each group of
@@ -9,7 +9,7 @@ agreement with the FP32 graph and MLM accuracy on 256 held-out masked rows for e
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from mbert_export import calibration as corpus
@@ -27,12 +27,22 @@ GROUPS = {
     "layer3": ["bert.encoder.layer.3.*"],
     "recipe": ["bert.encoder.layer.0.*", "*.attention.self.scores", "*.attention.self.context", "cls.predictions.*"],
 }
-WORK = Path("/tmp/int8_sensitivity")
+WORK = Path(__file__).resolve().parent / "artifacts" / "int8_sensitivity"  # gitignored
 
 
 def main() -> None:
-    groups = sys.argv[1].split(",") if len(sys.argv) > 1 else list(GROUPS)
-    method = sys.argv[2] if len(sys.argv) > 2 else "max"
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--groups", default=",".join(GROUPS),
+                        help=f"comma-separated groups to keep in float, one run each (default all: "
+                             f"{', '.join(GROUPS)})")
+    parser.add_argument("--method", default="max", choices=["max", "percentile", "entropy"],
+                        help="calibration method (default max)")
+    args = parser.parse_args()
+    groups = [g for g in args.groups.split(",") if g]
+    unknown = [g for g in groups if g not in GROUPS]
+    if unknown or not groups:
+        parser.error(f"--groups: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(GROUPS)}")
+    method = args.method
     tokenizer = Tokenizer.from_pretrained(DEFAULT_CHECKPOINT)
     fp32 = WORK / "fp32" / "model.onnx"
     if not fp32.exists():

@@ -213,7 +213,7 @@ def calibration_data(tokenizer, calibration: str | Path | None, profiles: Sequen
 
     max_seq = max(p.sequence[2] for p in profiles)
     lengths = sorted({min(n, max_seq) for n in (32, 64, 128, 256, max_seq)})
-    if tokenizer is None or NUM_CHOICES in task.input_axes.values():
+    if not reads_text(tokenizer, task):
         say("int8: no tokenizer (or a multiple-choice graph): calibrating on random token ids")
         batches = [sample_inputs(config, task, 4, n, seed=i) for i, n in enumerate(lengths * 4)]
         return batches, {"source": "random token ids", "batches": len(batches)}
@@ -227,13 +227,19 @@ def calibration_data(tokenizer, calibration: str | Path | None, profiles: Sequen
     return batches, {"source": source, "batches": len(batches), "seq_lengths": lengths}
 
 
+def reads_text(tokenizer, task: Task) -> bool:
+    """Whether calibration and the precision checks use corpus text (else random token ids): they
+    need the tokenizer, and multiple-choice graphs take choices, not passages."""
+    return tokenizer is not None and NUM_CHOICES not in task.input_axes.values()
+
+
 def evaluation_sets(tokenizer, profiles: Sequence[Profile], task: Task, config) -> dict[str, list[dict]]:
     """Inputs the precision graph is checked on: held-out masked text, and every profile shape."""
     from . import calibration as corpus
     from .export import sample_inputs
 
     sets: dict[str, list[dict]] = {}
-    text_ok = tokenizer is not None and NUM_CHOICES not in task.input_axes.values()
+    text_ok = reads_text(tokenizer, task)
     if text_ok and task.vocab_output:
         sets["held-out masked text"] = corpus.masked_lm_examples(
             tokenizer, num_samples=256, seq_len=min(128, max(p.sequence[2] for p in profiles)),
@@ -469,6 +475,15 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
     model = load_model_for_task(checkpoint, task, allow_random_head=allow_random_head, progress=say)
     config = model.config
     tokenizer = model_tokenizer(None, config, checkpoint)  # None (no tokenizer files): random ids
+    if reads_text(tokenizer, task) and (precision != "fp32" or backend == "openvino"):  # the corpus files read below
+        from .calibration import corpus_path
+
+        calibrates = precision == "int8" and recipe == "qdq" and calibration is None
+        try:
+            for split in ("heldout", "train") if calibrates else ("heldout",):
+                corpus_path(split)
+        except FileNotFoundError as exc:
+            raise BuildError(str(exc)) from None
     profiles = make_profiles(batch, seq, config.max_position_embeddings, choices)
     max_seq = max(p.sequence[2] for p in profiles)
     start = time.perf_counter()

@@ -63,10 +63,13 @@ def corpus_path(split: str = "train") -> Path:
                          "for your own text use load_text_file(path)")
     path = corpus_dir() / f"{split}.txt"
     if not path.is_file():
+        own = ("or pass your own calibration text with load_text_file(path) (CLI: --int8 --int8-recipe qdq "
+               "--calibration PATH)" if split == "train" else
+               "which every reduced-precision build is checked on (it cannot be replaced by --calibration)")
         raise FileNotFoundError(
-            f"calibration corpus {path} not found. It ships in the repository (calibration/corpus/); "
-            "set MBERT_EXPORT_CORPUS_DIR to a folder holding train.txt / heldout.txt, or pass your own "
-            "text with load_text_file(path) (CLI: --calibration PATH)")
+            f"corpus file {path} not found. It ships in the repository (calibration/corpus/), not in an "
+            f"installed package: run from a clone, or set MBERT_EXPORT_CORPUS_DIR to a folder holding "
+            f"train.txt / heldout.txt, {own}")
     return path
 
 

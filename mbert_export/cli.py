@@ -7,6 +7,7 @@ one `error: ...` line and exit status 2, never a traceback from deep inside torc
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable
 
@@ -150,8 +151,8 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq", action="append", default=[], metavar="MIN,OPT,MAX",
                    help="sequence lengths of a profile (default 1,128,max positions); repeat for several")
     p.add_argument("--choices", metavar="MIN,OPT,MAX", help="num_choices range for multiple-choice (default 2,4,8)")
-    p.add_argument("--calibration", help="INT8: a text file (one passage per line) to calibrate on "
-                                         "(default: the bundled corpus in calibration/)")
+    p.add_argument("--calibration", help="INT8 with the Q/DQ recipe (--int8-recipe qdq): a text file (one passage "
+                                         "per line) to calibrate on (default: the bundled corpus in calibration/)")
     p.add_argument("--calibration-method", default="percentile", choices=["max", "entropy", "percentile"],
                    help="INT8 Q/DQ calibration method (default: percentile, the measured recipe)")
     p.add_argument("--keep-float", action="append", default=None, metavar="MODULE",
@@ -304,7 +305,9 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="the checkpoint the artifact was built from")
     source.add_argument("--reference-artifact", help="another artifact of the same task (e.g. the FP32 graph)")
-    p.add_argument("--samples", type=_positive, default=32, help="held-out sentences to use (default 32)")
+    p.add_argument("--samples", type=_positive,
+                   help="with --checkpoint: held-out sentences to use (default 32); with --reference-artifact the "
+                        "inputs are the reference artifact's reference.npz")
     p.add_argument("--report", help="write the report here (.json, plus a .md beside it), with either source")
     p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
                    help="backend for the artifact; auto (default): the one it was built for (build.json), "
@@ -341,11 +344,14 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from .parity import compare_checkpoint, parity_markdown
 
-        result = compare_checkpoint(args.checkpoint, args.artifact, samples=args.samples,
+        result = compare_checkpoint(args.checkpoint, args.artifact, samples=args.samples or 32,
                                     backend=_resolve_backend(args.artifact, args.backend),
                                     report=args.report, progress=progress)
         print(parity_markdown(result))
         return 0 if result["passed"] else 1
+    if args.samples is not None:
+        raise ValueError("--samples applies to --checkpoint; with --reference-artifact the inputs are the reference "
+                         "artifact's reference.npz")
     from .runtime import OrtMegatronBert, compare
 
     with OrtMegatronBert(args.reference_artifact) as reference, \
@@ -630,7 +636,12 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
     parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a reader that has gone is found here, not at interpreter exit
+        return code
+    except BrokenPipeError:  # stdout's reader stopped (`... | head`): end quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe (signal docs)
+        return 1
     except ModuleNotFoundError as exc:
         print(f"error: {exc.name} is not installed; install the CPU setup with "
               "`pip install -r requirements-cpu.txt` (or the [export] extra)", file=sys.stderr)

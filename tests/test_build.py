@@ -323,6 +323,29 @@ def test_bad_build_arguments_are_one_line_errors(checkpoint, tmp_path, capsys, a
     assert not out.exists()
 
 
+@pytest.mark.parametrize("argv, missing", [(["--fp16"], "heldout.txt"), (["--fp32"], None),
+                                           (["--int8", "--int8-recipe", "qdq"], "heldout.txt"),
+                                           (["--int8", "--int8-recipe", "qdq", "--calibration", str(CORPUS)], None)])
+def test_missing_corpus_is_said_before_any_work(checkpoint, tmp_path, capsys, monkeypatch, argv, missing):
+    """Outside a clone the bundled corpus is absent: a build that reads it says so first, naming the file."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    if missing is None and "--int8" in argv:
+        (corpus / "heldout.txt").write_text("only the held-out split\n")
+    monkeypatch.setenv("MBERT_EXPORT_CORPUS_DIR", str(corpus))
+    out = tmp_path / "out"
+    code = cli_main(["build", "--task", "mlm", *argv, "--checkpoint", str(checkpoint), "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    if missing is None and "--int8" not in argv:  # FP32 reads no corpus text
+        assert code == 0 and out.is_dir()
+        return
+    if missing is None:  # --calibration replaces train.txt; the held-out file is there: the build goes on
+        assert "corpus file" not in err
+        return
+    assert code == 2 and f"corpus file {corpus / missing} not found" in err and "MBERT_EXPORT_CORPUS_DIR" in err
+    assert "cannot be replaced by --calibration" in err and "Traceback" not in err and not out.exists()
+
+
 def test_output_folder_with_another_build_needs_force(checkpoint, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()

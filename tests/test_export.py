@@ -89,6 +89,22 @@ def tiny_graph(tmp_path_factory):
     return path
 
 
+def test_output_into_a_closed_pipe_ends_quietly(tiny_graph, monkeypatch, capsys):
+    """`mbert-export check ... | head`: when the reader has gone, the command ends with exit 1 and no traceback."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    stdout = os.fdopen(write_end, "w")
+    monkeypatch.setattr("sys.stdout", stdout)
+    try:
+        assert cli_main(["check", str(tiny_graph)]) == 1
+    finally:
+        monkeypatch.undo()
+        stdout.close()  # now writes to /dev/null (the CLI pointed the descriptor there)
+    assert "Traceback" not in capsys.readouterr().err
+
+
 def test_check_passes_an_exported_graph_and_fails_a_planted_unsupported_op(tiny_graph, tmp_path, capsys):
     path = tiny_graph
     assert check_graph(path) == []

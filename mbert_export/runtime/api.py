@@ -124,7 +124,8 @@ def compare(reference: MegatronBertPipeline, candidate: MegatronBertPipeline,
                             else Thresholds(), thresholds)
     report = VerifyReport(str(candidate.artifact.path), candidate.backend.describe(), candidate.task.name,
                           candidate.precision, limits, samples=int(feeds["input_ids"].shape[0]),
-                          reference=f"{reference.artifact.path} on {reference.backend.describe()} ({source})")
+                          reference=f"{reference.artifact.path} on {reference.backend.describe()} ({source})",
+                          command="compare")
     ranks = {p: i for i, p in enumerate(EXACTNESS)}
     if ranks.get(reference.precision, 0) > ranks.get(candidate.precision, 0):
         report.hint = (f"the reference is {reference.precision}, less exact than the {candidate.precision} artifact "

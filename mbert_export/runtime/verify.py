@@ -114,6 +114,7 @@ class VerifyReport:
     error: str | None = None
     reference: str = "reference.npz"
     hint: str | None = None  # shown with a failure: what may be wrong with the comparison itself
+    command: str = "verify"  # or "compare" (against another runtime): the first word of the summary
 
     @property
     def passed(self) -> bool:
@@ -123,7 +124,7 @@ class VerifyReport:
         t = self.thresholds
         limits = ", ".join(f"{k} {v}" for k, v in (("max abs <=", t.max_abs), ("top-1 >=", t.min_top1),
                                                  ("cosine >=", t.min_cosine)) if v is not None)
-        head = (f"verify {self.artifact} ({self.task}, {self.precision}) on {self.backend} against "
+        head = (f"{self.command} {self.artifact} ({self.task}, {self.precision}) on {self.backend} against "
                 f"{self.reference}: {self.samples} inputs; thresholds: {limits or 'none'}, no NaN/inf")
         lines = [head] + [o.line() for o in self.outputs]
         if self.error:
