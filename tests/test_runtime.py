@@ -675,6 +675,7 @@ def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):
     for argv, message in (([str(source), "--report", str(tmp_path / "r.md")], "name the .json file to write"),
                           ([str(source)], "are the same graph: comparing it with itself checks nothing")):
         assert cli_main(["compare", "--artifact", str(source / "model.onnx"), "--reference-artifact", *argv]) == 2
+    assert cli_main(["compare", "--artifact", str(fp16), "--reference-artifact", str(source), "--samples", "4"]) == 2
     with pytest.raises(ValueError, match="holds reference vectors of task 'sequence-classification', but .* is a "
                                          "'mlm' artifact: pass its own reference.npz"):
         build("mlm").runtime.verify(build("sequence-classification").folder / "reference.npz")
@@ -695,6 +696,7 @@ def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):
     bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + 0.01, bias.name))
     onnx.save(model, str(fp16 / "model.onnx"))  # now 0.01 off the FP32 graph: fails the FP32 bars
     swapped = compare(OrtMegatronBert(fp16), build("mlm").runtime)  # the FP32 graph judged by the FP16 one
+    assert swapped.summary().startswith(f"compare {source} (mlm, fp32)")
     assert not swapped.passed and "hint: the reference is fp16, less exact than the fp32 artifact" in swapped.summary()
     assert "were the two swapped?" in json.loads(json.dumps(swapped.to_dict()))["hint"]
 
