@@ -83,6 +83,24 @@ def test_blob_cache_is_keyed_on_version_and_graph_and_never_stale(mlm, tmp_path)
     with OrtMegatronBert(folder) as ort:
         np.testing.assert_allclose(got, ort.run(_feeds(2, 11))["logits"], atol=1e-4)
     swapped.close()
+    # Weights in an external file of any name: a change there is a new key too (OpenVINO's own key misses it).
+    onnx.save_model(graph, str(folder / "model.onnx"), save_as_external_data=True, location="weights.bin",
+                    size_threshold=1024)
+    with OvMegatronBert(folder, threads=1) as external:
+        assert external.cache.startswith("written to")
+        before = external.run(_feeds(2, 11))["logits"]
+    graph = onnx.load(str(folder / "model.onnx"))  # the same graph file; only weights.bin changes
+    weight = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    values = onnx.numpy_helper.to_array(weight, base_dir=str(folder)) * 0.5
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    onnx.save_model(graph, str(tmp_path / "rewritten.onnx"), save_as_external_data=True, location="weights.bin",
+                    size_threshold=1024)
+    shutil.copyfile(tmp_path / "weights.bin", folder / "weights.bin")
+    with OvMegatronBert(folder, threads=1) as reweighted, OrtMegatronBert(folder) as ort:
+        assert reweighted.cache.startswith("written to"), reweighted.cache
+        got = reweighted.run(_feeds(2, 11))["logits"]
+        np.testing.assert_allclose(got, ort.run(_feeds(2, 11))["logits"], atol=1e-4)
+        assert np.abs(got - before).max() > 1e-2
 
 
 def test_unwritable_cache_folder_still_runs_and_says_so(mlm, tmp_path):
