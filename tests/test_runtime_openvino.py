@@ -178,6 +178,20 @@ def test_bad_settings_are_clear_errors(mlm):
         OvMegatronBert(mlm, threads=0, cache_dir=False)
     with pytest.raises(TypeError, match="config must be a dict of OpenVINO properties"):
         OvMegatronBert(mlm, config=["x"], cache_dir=False)
+    for streams in (-3, "abc", True, 2.5):
+        with pytest.raises(ValueError, match="num_streams must be a positive integer"):
+            OvMegatronBert(mlm, num_streams=streams, cache_dir=False)
+    for config, said in (({"NOT_A_KEY": 1}, "Unsupported property NOT_A_KEY"),
+                         ({"PERFORMANCE_HINT": "X"}, "for property key PERFORMANCE_HINT")):
+        with pytest.raises(ValueError, match=f"refused a compile setting .*{said}"):  # the setting, not the graph
+            OvMegatronBert(mlm, config=config, cache_dir=False)
+    with pytest.raises(ValueError, match=r"as cache_dir=\.\.\., not config\['CACHE_DIR'\]"):
+        OvMegatronBert(mlm, config={"CACHE_DIR": str(mlm)})
+    for folder in ("", 0, 1.5):
+        with pytest.raises(TypeError, match="cache_dir must be a folder path, None"):
+            OvMegatronBert(mlm, cache_dir=folder)
+    with OvMegatronBert(mlm, threads=np.int64(1), num_streams=np.int64(1), cache_dir=False) as numpy_ints:
+        assert "1 threads" in numpy_ints.backend.describe()
 
 
 def test_a_graph_openvino_cannot_compile_names_the_node(mlm, tmp_path):

@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import os
 import mmap
+import numbers
 import re
 import tempfile
 from dataclasses import dataclass
@@ -104,6 +105,17 @@ def external_data_files(onnx_path: Path) -> list[Path]:
     return sorted(found)
 
 
+#: Words of the CPU plugin's errors about a compile setting (unknown key, wrong value).
+_OPTION_ERROR = re.compile(r"Unsupported property|for property key|Could not read .* from str")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    """`value` as an int >= 1 (numpy integers too); bools, floats and strings are refused."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
 def graph_sha256(onnx_path: Path) -> str:
     """sha256 over the graph file and every external-data file it names (their names included)."""
     digest = hashlib.sha256()
@@ -181,14 +193,19 @@ def compile_graph(onnx_path: str | os.PathLike, *, inference_precision: str | No
         raise ValueError(f"unknown performance hint {performance_hint!r}; choose {', '.join(PERFORMANCE_HINTS)}")
     options: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint}
     if threads is not None:
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise ValueError(f"threads must be a positive integer, got {threads!r}")
-        options["INFERENCE_NUM_THREADS"] = threads
+        options["INFERENCE_NUM_THREADS"] = _positive_int(threads, "threads")
     if num_streams is not None:
-        options["NUM_STREAMS"] = num_streams
+        options["NUM_STREAMS"] = _positive_int(num_streams, "num_streams")
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"config must be a dict of OpenVINO properties, e.g. {{'PERFORMANCE_HINT': 'LATENCY'}}, "
                         f"got {type(config).__name__}")
+    if config and "CACHE_DIR" in config:
+        raise ValueError("pass the blob cache folder as cache_dir=..., not config['CACHE_DIR']: the runtime keys it "
+                         "by OpenVINO version and graph, so a stale blob is never loaded")
+    if not any(cache_dir is v for v in (None, True, False)) and (not isinstance(cache_dir, (str, os.PathLike))
+                                                                  or not str(cache_dir)):
+        raise TypeError(f"cache_dir must be a folder path, None (default: openvino-cache beside the graph) or False "
+                        f"(no cache), got {cache_dir!r}")
     options.update(config or {})
 
     cache, folder, read_only = "off", None, False
@@ -218,6 +235,10 @@ def compile_graph(onnx_path: str | os.PathLike, *, inference_precision: str | No
             for empty in made:
                 with contextlib.suppress(OSError):
                     empty.rmdir()  # only removes an empty folder
+        if _OPTION_ERROR.search(str(error)):  # the plugin refused a setting, not the graph
+            reason = str(error).strip().splitlines()[-1].strip()
+            raise ValueError(f"OpenVINO {openvino_version()} refused a compile setting ({reason}); the settings "
+                             f"were {options}: fix num_streams/threads/config") from None
         raise OpenVinoCompileError(f"OpenVINO {openvino_version()} cannot compile {onnx_path}: "
                                    f"{diagnose(onnx_path, str(error))}") from None
     if "CACHE_DIR" in options:
