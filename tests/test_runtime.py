@@ -495,6 +495,9 @@ def test_build_json_contradicting_the_graph_is_refused(build, tmp_path):
     (folder / "build.json").write_text(json.dumps({"task": "sequence-classification"}))
     with pytest.raises(ArtifactError, match="says task 'sequence-classification' but the graph .* was exported for 'mlm'"):
         OrtMegatronBert(folder)
+    (folder / "build.json").write_text(json.dumps({"task": "mlm", "precision": "int8"}))  # an fp32 graph
+    with pytest.raises(ArtifactError, match="says precision 'int8' but the graph .* is 'fp32' .*copied in"):
+        OrtMegatronBert(folder)
 
 
 def test_truncation_cuts_at_the_maximum_length(build, tokenizer):

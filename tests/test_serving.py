@@ -211,7 +211,7 @@ def test_engine_folders_get_tensorrt_configs(artifacts, tmp_path):
     shutil.copytree(artifacts["mlm"], folder)
     (folder / "engine.plan").write_bytes(b"not a real engine")
     (folder / "build.json").write_text(json.dumps({
-        "task": "mlm", "precision": "fp16", "engine": "engine.plan", "max_seq_len": 64,
+        "task": "mlm", "precision": "fp32", "engine": "engine.plan", "max_seq_len": 64,
         "profiles": [{"batch": [1, 4, 8], "sequence": [1, 32, 64], "num_choices": [2, 4, 8]},
                      {"batch": [1, 8, 16], "sequence": [1, 16, 32], "num_choices": [2, 4, 8]}]}))
     entries = {e.name: e for e in write_repository([folder], tmp_path / "repo", layout="ensemble")}

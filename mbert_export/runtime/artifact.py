@@ -314,7 +314,7 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
     metadata: dict[str, str] = {}
     if onnx_path is not None:
         metadata.update(read_onnx_metadata(onnx_path))
-    graph_task = metadata.get(PREFIX + "task")
+    graph_task, graph_precision = metadata.get(PREFIX + "task"), metadata.get(PREFIX + "precision")
     if isinstance(sidecar.get("metadata"), dict):
         metadata.update({str(k): str(v) for k, v in sidecar["metadata"].items()})
     where = onnx_path or sidecar_path or path
@@ -333,6 +333,9 @@ def open_artifact(path: str | os.PathLike, want: str = "onnx") -> Artifact:
     if graph_task and sidecar.get("task") and graph_task != sidecar["task"]:
         raise ArtifactError(f"{sidecar_path} says task {sidecar['task']!r} but the graph {onnx_path} was exported for "
                             f"{graph_task!r}; rebuild the artifact (or restore its build.json)")
+    if graph_precision and sidecar.get("precision") and graph_precision != sidecar["precision"]:
+        raise ArtifactError(f"{sidecar_path} says precision {sidecar['precision']!r} but the graph {onnx_path} is "
+                            f"{graph_precision!r} (was another build's model.onnx copied in?); rebuild the artifact")
     task = TASKS[task_name]
     precision = str(sidecar.get("precision") or metadata.get(PREFIX + "precision") or "fp32")
 
