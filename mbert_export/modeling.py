@@ -334,8 +334,9 @@ class MegatronBertPreTrainedModel(nn.Module):
         for key, value in config_overrides.items():
             setattr(config, key, value)
         model = cls(config)
-        model.load_reference_state_dict(load_hf_state_dict(folder), source=str(folder),
-                                        allow_random_head=allow_random_head)
+        #: Head weights the folder lacks, left at their random init (only with allow_random_head).
+        model.random_head = model.load_reference_state_dict(load_hf_state_dict(folder), source=str(folder),
+                                                            allow_random_head=allow_random_head)
         return model.eval()
 
     def save_pretrained(self, folder: str | Path) -> Path:

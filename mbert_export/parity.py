@@ -87,6 +87,11 @@ def compare_checkpoint(checkpoint: str | os.PathLike, artifact: str | os.PathLik
         if model_key not in cache:
             cache[model_key] = load_model_for_task(checkpoint, task, allow_random_head=True, progress=say)
         model = cache[model_key]
+        if getattr(model, "random_head", None):
+            raise ValueError(f"{checkpoint} has no weights for the {task.name} head ({', '.join(model.random_head)}): "
+                             "its PyTorch reference would draw new random weights, unlike the artifact's, so the "
+                             "comparison would mean nothing; compare against the checkpoint the head was trained in, "
+                             "or check the artifact on its own reference vectors: mbert-export verify ARTIFACT")
         thresholds = thresholds_for(precision)
         sets = parity_inputs(task, model.config, runtime.tokenizer, samples, runtime.max_batch,
                              runtime.max_seq_len)

@@ -228,3 +228,18 @@ def test_top5_overlap_counts_shared_candidates():
     two_class = compare_outputs(TASKS["sequence-classification"], inputs, {"logits": ref[:, 0, :2]},
                                 {"logits": ref[:, 0, :2]}, thresholds_for("int8"), real)[0]
     assert two_class.top5 is None and two_class.top1 == 1.0
+
+
+def test_compare_checkpoint_refuses_a_checkpoint_without_the_head(tmp_path):
+    """A checkpoint lacking the task's head gives a reference with fresh random weights: no comparison."""
+    from mbert_export.export import export_onnx
+    from mbert_export.parity import compare_checkpoint
+
+    checkpoint = tmp_path / "mlm-only"
+    MODEL_CLASSES["MegatronBertForMaskedLM"](preset_config("tiny")).save_pretrained(checkpoint)
+    head = MODEL_CLASSES["MegatronBertForSequenceClassification"].from_pretrained(checkpoint, allow_random_head=True)
+    assert "classifier.weight" in head.random_head and "bert.pooler.dense.weight" in head.random_head
+    export_onnx(head, "sequence-classification", tmp_path / "cls" / "model.onnx", verify=False)
+    with pytest.raises(ValueError, match=r"mlm-only has no weights for the sequence-classification head "
+                                         r"\(bert.pooler.dense.weight, .*classifier.bias\).*mbert-export verify ARTIFACT"):
+        compare_checkpoint(checkpoint, tmp_path / "cls", samples=2)
