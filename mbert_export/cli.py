@@ -238,14 +238,26 @@ def _resolve_backend(artifact: str, backend: str) -> str:
     return built_backend(read_sidecar(sidecar)) if sidecar.is_file() else "onnxruntime"
 
 
-def _open_runtime(path: str, backend: str):
+def _open_runtime(path: str, backend: str, inference_precision: str | None = None):
     from .runtime import OrtMegatronBert, OvMegatronBert, TRTMegatronBert
 
+    _check_inference_precision(backend, inference_precision)
     if backend == "tensorrt":
         return TRTMegatronBert(path)
     if backend == "openvino":
-        return OvMegatronBert(path)
+        return OvMegatronBert(path, inference_precision=inference_precision)
     return OrtMegatronBert(path)
+
+
+def _check_inference_precision(backend: str, inference_precision: str | None) -> None:
+    if inference_precision is not None and backend != "openvino":
+        raise ValueError(f"--inference-precision applies to the openvino backend (this runs {backend}): add "
+                         "--backend openvino")
+
+
+def _add_inference_precision(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--inference-precision", choices=("f32", "bf16"),
+                   help="OpenVINO: the precision of its float ops (default: the build's, build.json, else f32)")
 
 
 def add_verify(sub: argparse._SubParsersAction) -> None:
@@ -262,11 +274,13 @@ def add_verify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
                    help="auto (default): the backend the artifact was built for (build.json), else onnxruntime")
     p.add_argument("--reference", help="reference .npz (default: reference.npz next to the artifact)")
+    _add_inference_precision(p)
     p.set_defaults(run=run_verify)
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    with _open_runtime(args.artifact, _resolve_backend(args.artifact, args.backend)) as runtime:
+    backend = _resolve_backend(args.artifact, args.backend)
+    with _open_runtime(args.artifact, backend, args.inference_precision) as runtime:
         report = runtime.verify(args.reference) if args.reference else runtime.verify()
     print(report.summary())
     return 0 if report.passed else 1
@@ -312,6 +326,7 @@ def add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=("auto",) + RUNTIME_BACKENDS, default="auto",
                    help="backend for the artifact; auto (default): the one it was built for (build.json), "
                         "else onnxruntime")
+    _add_inference_precision(p)
     p.set_defaults(run=run_compare)
 
 
@@ -341,12 +356,14 @@ def run_compare(args: argparse.Namespace) -> int:
     if args.reference_artifact and _same_graph(args.artifact, args.reference_artifact):
         raise ValueError("--artifact and --reference-artifact are the same graph: comparing it with itself checks "
                          "nothing; pass the artifact to judge and the one to judge it against")
+    backend = _resolve_backend(args.artifact, args.backend)
+    _check_inference_precision(backend, args.inference_precision)
     if args.checkpoint:
         from .parity import compare_checkpoint, parity_markdown
 
-        result = compare_checkpoint(args.checkpoint, args.artifact, samples=args.samples or 32,
-                                    backend=_resolve_backend(args.artifact, args.backend),
-                                    report=args.report, progress=progress)
+        result = compare_checkpoint(args.checkpoint, args.artifact, samples=args.samples or 32, backend=backend,
+                                    inference_precision=args.inference_precision, report=args.report,
+                                    progress=progress)
         print(parity_markdown(result))
         return 0 if result["passed"] else 1
     if args.samples is not None:
@@ -355,7 +372,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from .runtime import OrtMegatronBert, compare
 
     with OrtMegatronBert(args.reference_artifact) as reference, \
-            _open_runtime(args.artifact, _resolve_backend(args.artifact, args.backend)) as candidate:
+            _open_runtime(args.artifact, backend, args.inference_precision) as candidate:
         report = compare(reference, candidate)
     print(report.summary())
     if args.report:

@@ -159,10 +159,27 @@ with OvMegatronBert({str(folder)!r}, threads=1) as ov:
     assert not list(cache.rglob("*.blob"))
 
 
-def test_bf16_is_refused_on_cpus_without_it_and_runs_where_present(mlm):
+def test_bf16_is_refused_on_cpus_without_it_and_runs_where_present(mlm, tmp_path):
     if not HAS_BF16:
         with pytest.raises(ValueError, match="bf16 needs a CPU with BF16 support"):
             OvMegatronBert(mlm, inference_precision="bf16", cache_dir=False)
+        # A build that recorded bf16 (made on another CPU): the error names build.json and the way out.
+        import json
+
+        from mbert_export.cli import main as cli_main
+
+        folder = tmp_path / "bf16-build"
+        shutil.copytree(mlm, folder)
+        (folder / "build.json").write_text(json.dumps({"task": "mlm", "precision": "fp32", "backend": "openvino",
+                                                       "openvino": {"inference_precision": "bf16"}}))
+        with pytest.raises(ValueError, match=r"build.json records OpenVINO inference precision 'bf16': .*"
+                                             r"--inference-precision f32"):
+            OvMegatronBert(folder, cache_dir=False)
+        with OvMegatronBert(folder, inference_precision="f32", cache_dir=False) as ov:
+            assert ov.inference_precision == "f32" and ov.verify().passed
+        assert cli_main(["verify", str(folder)]) == 2
+        assert cli_main(["verify", str(folder), "--inference-precision", "f32"]) == 0
+        assert cli_main(["verify", str(mlm), "--backend", "onnxruntime", "--inference-precision", "f32"]) == 2
         return
     with OvMegatronBert(mlm, inference_precision="bf16", cache_dir=False) as ov:
         assert ov.inference_precision == "bf16" and ov.precision == "bf16"
