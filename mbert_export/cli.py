@@ -595,6 +595,11 @@ def run_serve(args: argparse.Namespace) -> int:
                 status = server.stop()
         finally:
             signal.signal(signal.SIGTERM, previous)
+        if status is not None and status < 0:  # killed by a signal: a crash (or our SIGKILL after the timeout)
+            name = signal.Signals(-status).name if -status in signal.valid_signals() else str(-status)
+            print(f"error: tritonserver ended by signal {-status} ({name}) instead of exiting; the end of its log:\n"
+                  f"{server.log()}", file=sys.stderr)
+            return 1
         progress(f"serve: tritonserver stopped (status {status})")
         return 0 if interrupted else 1
     finally:

@@ -475,12 +475,64 @@ def test_bad_requests_fail_alone_in_one_batch(python_server, runtimes):
             mlm.classify("text")
 
 
+def test_client_edges_answer_as_in_process(python_server, runtimes):
+    """One client shared by threads, lists longer than a batch, numpy options, bad values and timeouts."""
+    from mbert_export.serving import TritonMegatronBert, TritonRequestError
+
+    local, want = runtimes["mlm"], runtimes["mlm"].fill_mask(MLM_TEXTS[0], top_k=3)
+    for protocol in ("http", "grpc"):
+        url = python_server.http_url if protocol == "http" else python_server.grpc_url
+        with _client(python_server, "mlm", protocol) as mlm:
+            answers, errors = [], []
+
+            def work() -> None:  # HTTP: each thread gets its own connection (tritonclient's is not thread-safe)
+                try:
+                    answers.extend(mlm.fill_mask(MLM_TEXTS[0], top_k=3) for _ in range(5))
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    errors.append(exc)
+
+            workers = [threading.Thread(target=work) for _ in range(4)]
+            for worker in workers:
+                worker.start()
+            for worker in workers:
+                worker.join(60)
+            assert not any(w.is_alive() for w in workers) and errors == [] and len(answers) == 20, protocol
+            for answer in answers:
+                assert_same(answer, want)
+            texts = ["A [MASK] returns a new list."] * (mlm.max_batch + 3)
+            texts[mlm.max_batch + 1] = "There is no mask here."  # in the second piece the client sends
+            with pytest.raises(ValueError, match=rf"^text\[{mlm.max_batch + 1}\] has no \[MASK\] token"):
+                local.fill_mask(texts)
+            with pytest.raises(TritonRequestError, match=rf"^text\[{mlm.max_batch + 1}\] has no \[MASK\] token"):
+                mlm.fill_mask(texts)
+            assert_same(mlm.fill_mask(MLM_TEXTS[1], top_k=np.int64(2)), local.fill_mask(MLM_TEXTS[1], top_k=2))
+            with pytest.raises(TypeError, match="text must be a str or a list of str, got NoneType"):
+                mlm.fill_mask(None)
+            with pytest.raises(TypeError, match=r"option targets=\{'value'\}: a set cannot be sent to the server"):
+                mlm.fill_mask(MLM_TEXTS[1], targets={"value"})
+        with pytest.raises(TritonRequestError, match=r"no answer at .* for the config of model 'mlm' within "
+                                                     r"timeout=1e-06 s"):
+            TritonMegatronBert(url, "mlm", protocol, timeout=1e-6)
+    metrics = python_server.metrics_url.split("//")[-1].split("/")[0]
+    with pytest.raises(TritonRequestError, match=f"no Triton HTTP endpoint answers at {metrics} .*is this its HTTP "
+                                                 "port"):
+        TritonMegatronBert(metrics, "mlm", timeout=10)
+
+
 def test_python_server_stops_without_leftovers(python_server):
+    from mbert_export.serving import TritonRequestError
+
     pid, group = python_server.pid, python_server.processes()
     assert pid in group and len(group) >= 5  # the server and one stub per model
+    clients = [_client(python_server, "mlm", protocol) for protocol in ("http", "grpc")]
     python_server.stop()
     assert python_server.processes() == []
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    for client in clients:  # a server that has gone: not ready, and its statistics a clear error
+        assert client.ready() is False
+        with pytest.raises(TritonRequestError, match="no Triton HTTP endpoint answers|failed to connect"):
+            client.statistics()
+        client.close()
 
 
 # ---------------------------------------------------------------------------- ensemble layout
@@ -576,6 +628,25 @@ def test_serve_refuses_bad_ports_before_starting(capsys):
         assert exit_.value.code == 2 and "a port is a number from 0 (any free port) to 65535" in capsys.readouterr().err
     with pytest.raises(ServerError, match=r"ports are numbers from 0 \(any free port\) to 65535, got \[70000\]"):
         start_server("repository", grpc_port=70000)
+    with pytest.raises(ServerError, match="the HTTP, gRPC and metrics ports must differ, got 8000, 8000 and 0"):
+        start_server("repository", http_port=8000, grpc_port=8000)
+
+
+def test_client_arguments_are_checked_before_connecting():
+    _tritonclient()
+    from mbert_export.serving import TritonMegatronBert
+
+    for url, error, message in (("http://127.0.0.1:8000", ValueError, "give host:port without a scheme, e.g. "
+                                                                      "'127.0.0.1:8000'"),
+                                (None, TypeError, "url must be a 'host:port' string"),
+                                ("", TypeError, "url must be a 'host:port' string")):
+        with pytest.raises(error, match=message):
+            TritonMegatronBert(url, "mlm")
+    with pytest.raises(TypeError, match="name must be the model's name"):
+        TritonMegatronBert("127.0.0.1:8000", None)
+    for timeout in (0, -1, "5", True, float("nan")):
+        with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+            TritonMegatronBert("127.0.0.1:8000", "mlm", timeout=timeout)
 
 
 def test_triton_command_writes_a_repository_and_reports_errors(artifacts, tmp_path, capsys):

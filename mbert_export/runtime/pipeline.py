@@ -135,6 +135,12 @@ class MegatronBertPipeline:
                 raise TypeError(f"{where} must be a str, got {type(text).__name__}")
             if not text.strip():
                 raise ValueError(f"{where} is empty; pass some text")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate: tokenizers would refuse it obscurely
+                raise ValueError(f"{where} holds {text[exc.start]!r} at position {exc.start}, half of a UTF-16 "
+                                 "surrogate pair, not a character; decode the text properly (e.g. "
+                                 "bytes.decode('utf-8'))") from None
         return texts, single
 
     def _pairs(self, first: list[str], single: bool, second: Any, name: str) -> list[str] | None:
@@ -423,7 +429,7 @@ class MegatronBertPipeline:
         self._require("next_sentence")
         self._tokenizer_for("next_sentence")
         first, single = self._texts(a, "a")
-        second = self._pairs(first, single, b, "b")
+        second = self._pairs(first, single, b, "b") if b is not None else self._texts(b, "b")  # b is required
         name = "seq_relationship_logits" if "seq_relationship_logits" in self.task.outputs else "logits"
         logits = self._infer(self._model_inputs(self._encode(first, second, truncation)), trim=True)[name]
         probs = post.softmax(logits)

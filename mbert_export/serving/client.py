@@ -6,7 +6,9 @@
 Each method has the signature and return value of the in-process method (`MegatronBertPipeline`);
 the server runs that very method (layout python) or its tokenization and post-processing around
 the graph (ensemble). Options not given take the model's config defaults. A request the server
-refuses raises `TritonRequestError` (a ValueError) with the server's message. One client per thread.
+refuses raises `TritonRequestError` (a ValueError) with the server's message. One object may be
+shared by threads: over HTTP each thread gets its own connection (tritonclient's HTTP client is not
+thread-safe); gRPC's client is.
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import functools
 import http.client
 import inspect
 import json
+import numbers
+import re
 import socket
-from typing import Any
+import threading
+from typing import Any, Callable
 
 import numpy as np
 
@@ -84,28 +89,46 @@ def _message_dict(message: Any) -> dict[str, Any]:
     return plain
 
 
+#: The rows the server names in its messages (`text[3]`, `choices[0][1]`): counted from the start of the
+#: piece of rows it was sent, which the client turns back into the caller's count.
+_ROW_REFERENCE = re.compile(r"\b(text|text_pair|a|b|question|context|prompt|choices|texts)\[(\d+)\]")
+
+
+def _check_arguments(url: Any, name: Any, timeout: Any, model_version: Any) -> None:
+    if not isinstance(url, str) or not url.strip():
+        raise TypeError(f"url must be a 'host:port' string such as 'localhost:8000', got {url!r}")
+    if "://" in url:
+        raise ValueError(f"url {url!r}: give host:port without a scheme, e.g. {url.split('://', 1)[1]!r}; the "
+                         "protocol argument ('http' or 'grpc') says how to talk to it")
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be the model's name in the repository (a non-empty str), got {name!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not 0 < timeout < float("inf"):
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not isinstance(model_version, str):
+        raise TypeError(f"model_version must be a str ('' for the newest), got {model_version!r}")
+
+
 class TritonMegatronBert:
     """A model served by Triton (written by `mbert-export triton`), with the runtime's task methods."""
 
     def __init__(self, url: str, name: str, protocol: str = "http", *,
                  timeout: float = 120.0, model_version: str = ""):
+        _check_arguments(url, name, timeout, model_version)
         self._module, self._server_error = _import(protocol)
         self.url, self.name, self.protocol, self.model_version = url, name, protocol, model_version
-        options = {"network_timeout": timeout, "connection_timeout": timeout} if protocol == "http" else {}
-        self.client = self._module.InferenceServerClient(url, **options)
+        self.timeout = float(timeout)
+        self._local, self._clients, self._lock = threading.local(), [], threading.Lock()
         try:
-            config = self._plain(self.client.get_model_config(name, model_version))
-        except self._server_error as exc:
-            self.client.close()
-            raise TritonRequestError(f"cannot read the config of model {name!r} at {url}: {exc.message()}") from None
-        except _CONNECTION_ERRORS as exc:
-            self.client.close()
-            raise TritonRequestError(_unreachable(url, protocol, exc)) from exc
+            config = self._plain(self._request(self.client.get_model_config, name, model_version,
+                                               what=f"the config of model {name!r}"))
+        except TritonRequestError:
+            self.close()
+            raise
         config = config.get("config", config)  # gRPC's response wraps it
         self.config = config
         self.parameters = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         if "task" not in self.parameters:
-            self.client.close()
+            self.close()
             raise TritonRequestError(f"model {name!r} at {url} was not written by mbert-export triton (no task "
                                      "parameter in its config)")
         self.task = get_task(self.parameters["task"])
@@ -116,8 +139,51 @@ class TritonMegatronBert:
     def __repr__(self) -> str:
         return f"TritonMegatronBert({self.url!r}, {self.name!r}, protocol={self.protocol!r}, task={self.task.name!r})"
 
+    @property
+    def client(self):
+        """tritonclient's client for this thread (HTTP: one per thread, as it is not thread-safe; gRPC: one)."""
+        key = self._local if self.protocol == "http" else self
+        client = getattr(key, "_triton_client", None)
+        if client is None:
+            options = ({"network_timeout": self.timeout, "connection_timeout": self.timeout}
+                       if self.protocol == "http" else {})
+            with self._lock:
+                client = getattr(key, "_triton_client", None)
+                if client is None:
+                    client = self._module.InferenceServerClient(self.url, **options)
+                    key._triton_client = client
+                    self._clients.append(client)
+        return client
+
+    def _request(self, call: Callable, *args, what: str, **kwargs) -> Any:
+        """`call` with the timeout; server errors, timeouts and a missing server as `TritonRequestError`."""
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout
+        try:
+            return call(*args, **kwargs)
+        except self._server_error as exc:
+            message = exc.message() or str(exc)
+            if "Deadline Exceeded" in message or "DEADLINE_EXCEEDED" in str(exc.status()):
+                raise TritonRequestError(self._late(what)) from None
+            raise TritonRequestError(message if what == "infer" else f"cannot read {what} at {self.url}: {message}") \
+                from None
+        except TimeoutError:
+            raise TritonRequestError(self._late(what)) from None
+        except _CONNECTION_ERRORS as exc:
+            raise TritonRequestError(_unreachable(self.url, self.protocol, exc)) from exc
+        except ValueError as exc:  # the HTTP client parsing an answer that is not Triton's JSON (another port)
+            raise TritonRequestError(_unreachable(self.url, self.protocol, exc)) from exc
+
+    def _late(self, what: str) -> str:
+        asked = f"from model {self.name!r}" if what == "infer" else f"for {what}"
+        return (f"no answer at {self.url} {asked} within timeout={self.timeout:g} s; is the server overloaded? "
+                "pass a larger timeout")
+
     def close(self) -> None:
-        self.client.close()
+        with self._lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
     def __enter__(self):
         return self
@@ -136,11 +202,17 @@ class TritonMegatronBert:
         return response if self.protocol == "http" else _message_dict(response)
 
     def ready(self) -> bool:
-        return bool(self.client.is_model_ready(self.name, self.model_version))
+        """Whether the model is ready; False also when the server does not answer."""
+        try:
+            return bool(self._request(self.client.is_model_ready, self.name, self.model_version,
+                                      what="the model's readiness"))
+        except TritonRequestError:
+            return False
 
     def statistics(self) -> dict[str, Any]:
         """The server's statistics of this model (counts, times, `batch_stats` per executed batch size)."""
-        stats = self._plain(self.client.get_inference_statistics(self.name, self.model_version))
+        stats = self._plain(self._request(self.client.get_inference_statistics, self.name, self.model_version,
+                                          what=f"the statistics of model {self.name!r}"))
         models = stats.get("model_stats", [])
         return models[0] if models else {}
 
@@ -153,10 +225,14 @@ class TritonMegatronBert:
         """Input tensor name -> one string per row, and whether the call was for a single item."""
         columns: dict[str, list[str]] = {}
         single = None
+        from .interface import OPTIONAL_ARGUMENTS
+
         for argument, name in METHOD_INPUTS[method].items():
             value = arguments.pop(argument, None)
-            if value is None:
+            if value is None and (method, argument) in OPTIONAL_ARGUMENTS:
                 continue
+            if value is None:  # the in-process method's own refusal
+                MegatronBertPipeline._texts(value, argument)
             if name in JSON_INPUTS:  # a list per row (multiple choice)
                 rows = [value] if single else value
                 if not isinstance(rows, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in rows):
@@ -173,7 +249,7 @@ class TritonMegatronBert:
             columns[name] = texts
         return columns, bool(single)
 
-    def _infer(self, columns: dict[str, list[str]], parameters: dict[str, str]) -> list[Any]:
+    def _infer(self, columns: dict[str, list[str]], parameters: dict[str, str], single: bool) -> list[Any]:
         rows = len(next(iter(columns.values())))
         results: list[Any] = []
         for start in range(0, rows, self.max_batch):
@@ -185,12 +261,11 @@ class TritonMegatronBert:
                 inputs.append(tensor)
             outputs = [self._module.InferRequestedOutput(RESULT)]
             try:
-                reply = self.client.infer(self.name, inputs, model_version=self.model_version, outputs=outputs,
-                                          parameters=parameters)
-            except self._server_error as exc:
-                raise TritonRequestError(exc.message() or str(exc)) from None
-            except _CONNECTION_ERRORS as exc:
-                raise TritonRequestError(_unreachable(self.url, self.protocol, exc)) from exc
+                reply = self._request(self.client.infer, self.name, inputs, model_version=self.model_version,
+                                      outputs=outputs, parameters=parameters, what="infer")
+            except TritonRequestError as exc:  # rows as the caller counts them, not as this piece does
+                raise TritonRequestError(_ROW_REFERENCE.sub(
+                    lambda m: m.group(1) if single else f"{m.group(1)}[{int(m.group(2)) + start}]", str(exc))) from None
             results += [json.loads(r[0]) for r in reply.as_numpy(RESULT)]
         return results
 
@@ -201,8 +276,14 @@ class TritonMegatronBert:
         arguments = dict(bound.arguments)
         arguments.pop("self")
         columns, single = self._rows(method, arguments)
-        parameters = {METHOD: method, **{k: encode_option(v) for k, v in arguments.items()}}
-        results = self._infer(columns, parameters)
+        parameters = {METHOD: method}
+        for option, value in arguments.items():
+            try:
+                parameters[option] = encode_option(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"{method}() option {option}={value!r}: a {type(value).__name__} cannot be sent to "
+                                "the server; pass a str, number, bool, None or a list of them") from None
+        results = self._infer(columns, parameters, single)
         if method == "embed":
             vectors = np.asarray(results, dtype=np.float32)
             return vectors[0] if single else vectors

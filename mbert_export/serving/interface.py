@@ -17,6 +17,8 @@ import inspect
 import json
 from typing import Any
 
+import numpy as np
+
 from ..tasks import Task
 
 RESULT = "RESULT"
@@ -70,8 +72,12 @@ def task_defaults(task: Task) -> dict[str, str]:
 
 
 def encode_option(value: Any) -> str:
-    """An option value as a parameter string (JSON; tuples become lists)."""
-    return json.dumps(list(value) if isinstance(value, tuple) else value)
+    """An option value as a parameter string (JSON; tuples become lists, numpy scalars Python numbers)."""
+    def plain(item: Any) -> Any:
+        if isinstance(item, np.generic):
+            return item.item()
+        raise TypeError(f"{type(item).__name__} is not JSON")
+    return json.dumps(list(value) if isinstance(value, tuple) else value, default=plain)
 
 
 def decode_option(text: Any) -> Any:

@@ -368,6 +368,10 @@ def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port
     bad_ports = [p for p in (http_port, grpc_port, metrics_port) if not is_int_between(p, 0, 65535)]
     if bad_ports:
         raise ServerError(f"ports are numbers from 0 (any free port) to 65535, got {bad_ports}")
+    given = [p for p in (http_port, grpc_port, metrics_port) if p]
+    if len(set(given)) < len(given):
+        raise ServerError(f"the HTTP, gRPC and metrics ports must differ, got {http_port}, {grpc_port} and "
+                          f"{metrics_port}; choose other ports, or 0 for free ones")
     repository = Path(repository).resolve()
     if not repository.is_dir():
         raise ServerError(f"{repository} is not a model repository folder")
