@@ -221,16 +221,17 @@ def prepare_graphs(model, name: str, checkpoint: Path | None, backends: Sequence
         convert_fp16(graphs["ort-fp32"], graphs["ort-fp16"], progress=progress)
     # Both INT8 graphs follow the build's recipe (same keep-float list, same calibration method).
     if "ort-int8-qdq" in wanted and not graphs["ort-int8-qdq"].exists():
+        # Calibration lengths the model's position table holds (a tiny preset has 64 positions).
+        lengths = [n for n in (32, 64, 128, 256) if n <= model.config.max_position_embeddings] or [16]
         if checkpoint is not None:
             from . import calibration
             from .tokenization import Tokenizer
 
-            lengths = [n for n in (32, 64, 128, 256) if n <= model.config.max_position_embeddings] or [16]
             batches = calibration.calibration_batches(Tokenizer.from_pretrained(checkpoint), num_samples=128,
                                                       seq_lengths=lengths)
         else:
             batches = [sample_inputs(model.config, get_task("mlm"), 8, n, seed=i)
-                       for i, n in enumerate((32, 64, 128, 256) * 4)]
+                       for i, n in enumerate(lengths * (16 // len(lengths)))]
         quantize_int8(graphs["ort-fp32"], graphs["ort-int8-qdq"], batches, method=DEFAULT_CALIBRATION_METHOD,
                       keep_float=DEFAULT_INT8_KEEP_FLOAT, strict=False, progress=progress)
     if "ort-int8-dynamic" in wanted and not graphs["ort-int8-dynamic"].exists():

@@ -149,3 +149,29 @@ def test_warmup_zero_makes_no_untimed_call():
     rows = bench.bench_shape({bench.REFERENCE: runner("a"), "b": runner("b")}, feeds, warmup=0, repeats=2,
                              budget_s=60, progress=print)
     assert calls == {"a": 2, "b": 2} and rows["b"]["top1_agreement"] == 1.0 and rows["b"]["rounds"] == 2
+
+
+# ---------------------------------------------------------------------------- openvino_int8_paths.py
+@pytest.mark.parametrize("argv, message", [
+    (["--shapes", "1*8"], "--shapes '1*8': expected BATCHxSEQ items"),
+    (["--shapes", "1x0"], "expected positive BATCHxSEQ items"),
+    (["--shapes", ""], "expected positive BATCHxSEQ items"),
+    (["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--name", "../../../tmp/x"], "--name '../../../tmp/x' must be a plain file name"),
+    (["--model", "nope"], "--model 'nope' is neither 'demo'"),
+])
+def test_openvino_int8_paths_refuses_bad_arguments_up_front(dirs, capsys, argv, message):
+    with pytest.raises(SystemExit) as stop:
+        script("openvino_int8_paths").main(["--model", "tiny", *argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "Traceback" not in err
+    assert not (dirs / "results").exists() and not (dirs / "artifacts").exists()
+
+
+def test_openvino_int8_paths_default_name_follows_the_model(tmp_path):
+    module = script("openvino_int8_paths")
+    assert module.result_name(module.DEFAULT_MODEL, "") == "openvino-int8-paths"  # the committed 345M table
+    assert module.result_name("demo", "") == "openvino-int8-paths-demo"
+    assert module.result_name(str(tmp_path / "my model"), "") == "openvino-int8-paths-my-model"
+    assert module.result_name("demo", "quick") == "openvino-int8-paths-quick"
