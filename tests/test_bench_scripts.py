@@ -175,3 +175,35 @@ def test_openvino_int8_paths_default_name_follows_the_model(tmp_path):
     assert module.result_name("demo", "") == "openvino-int8-paths-demo"
     assert module.result_name(str(tmp_path / "my model"), "") == "openvino-int8-paths-my-model"
     assert module.result_name("demo", "quick") == "openvino-int8-paths-quick"
+
+
+# ---------------------------------------------------------------------------- parity_table.py, serve_bench.py, triton_floor.py
+@pytest.mark.parametrize("argv, message", [
+    (["--backends", "foo"], "--backends: unknown or no backends ['foo']; choose from onnxruntime, openvino"),
+    (["--backends", ""], "--backends: unknown or no backends []"),
+    (["--tasks", "mlm,nope"], "--tasks: unknown or no tasks ['nope']; choose from"),
+    (["--tasks", ","], "--tasks: unknown or no tasks []"),
+    (["--name", "sub/x"], "--name 'sub/x' must be a plain file name"),
+])
+def test_parity_table_refuses_bad_arguments_up_front(dirs, capsys, argv, message):
+    work = dirs / "work"
+    with pytest.raises(SystemExit) as stop:
+        script("parity_table").main(["--work", str(work), *argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "Traceback" not in err
+    assert not work.exists() and not (dirs / "results").exists()
+
+
+@pytest.mark.parametrize("name", ["serve_bench", "triton_floor"])
+def test_serving_scripts_refuse_result_names_that_leave_the_results_folder(dirs, capsys, name):
+    with pytest.raises(SystemExit) as stop:
+        script(name).main(["--name", "../x", "--perf-analyzer", "/nonexistent"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--name '../x' must be a plain file name" in err
+    assert not (dirs / "results").exists()
+
+
+def test_serve_bench_help_shows_its_default_name(capsys):
+    with pytest.raises(SystemExit):
+        script("serve_bench").main(["--help"])
+    assert "(default demo: serve-demo)" in " ".join(capsys.readouterr().out.split())
