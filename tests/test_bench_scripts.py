@@ -207,3 +207,20 @@ def test_serve_bench_help_shows_its_default_name(capsys):
     with pytest.raises(SystemExit):
         script("serve_bench").main(["--help"])
     assert "(default demo: serve-demo)" in " ".join(capsys.readouterr().out.split())
+
+
+# ---------------------------------------------------------------------------- precision_cost.py, int8_memory.py
+def test_the_precision_work_graph_is_kept_per_preset(tmp_path, capsys):
+    module = script("precision_cost")
+    tiny, big = module.work_graph(tmp_path, "tiny"), module.work_graph(tmp_path, "megatron-bert-345m-cased")
+    assert tiny != big and not module.check_work_graph(tiny, "tiny")  # missing: to be exported
+    tiny.parent.mkdir(parents=True)
+    tiny.write_bytes(b"graph")
+    with pytest.raises(ValueError, match="has no preset.txt saying which preset"):
+        module.check_work_graph(tiny, "tiny")
+    (tiny.parent / module.PRESET_RECORD).write_text("tiny\n")
+    assert module.check_work_graph(tiny, "tiny")
+    with pytest.raises(SystemExit) as stop:  # another preset's graph is refused before any pass runs
+        script("int8_memory").main(["--preset", "megatron-bert-345m-cased", "--src", str(tiny)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "was exported from the tiny preset, not megatron-bert-345m-cased" in err
