@@ -224,3 +224,8 @@ def test_the_precision_work_graph_is_kept_per_preset(tmp_path, capsys):
         script("int8_memory").main(["--preset", "megatron-bert-345m-cased", "--src", str(tiny)])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "was exported from the tiny preset, not megatron-bert-345m-cased" in err
+
+
+def test_export_cost_verifies_within_the_presets_positions():
+    module = script("export_cost")
+    assert module.verify_tokens("tiny") == 64 and module.verify_tokens("megatron-bert-345m-cased") == 512
