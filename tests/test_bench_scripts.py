@@ -229,3 +229,23 @@ def test_the_precision_work_graph_is_kept_per_preset(tmp_path, capsys):
 def test_export_cost_verifies_within_the_presets_positions():
     module = script("export_cost")
     assert module.verify_tokens("tiny") == 64 and module.verify_tokens("megatron-bert-345m-cased") == 512
+
+
+# ---------------------------------------------------------------------------- exporter_choice.py
+@pytest.mark.parametrize("argv, message", [
+    (["--preset", "foo"], "unknown preset foo; choose from"),
+    (["--timeout", "0"], "--timeout must be a positive number of seconds, got 0"),
+])
+def test_exporter_choice_refuses_bad_arguments_up_front(tmp_path, capsys, argv, message):
+    results = tmp_path / "exporter_choice.json"
+    with pytest.raises(SystemExit) as stop:
+        script("exporter_choice").main(["--preset", "tiny", *argv, "--results", str(results),
+                                        "--out-dir", str(tmp_path / "out")])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not results.exists() and not (tmp_path / "out").exists()
+
+
+def test_an_exporter_child_past_its_timeout_is_a_row_error(tmp_path):
+    out = tmp_path / "out" / "tiny__dynamo" / "model.onnx"
+    row = script("exporter_choice").run_child("export", "tiny", "dynamo", out, timeout=0.05)
+    assert row == {"error": "export child timed out after 0.05 s (--timeout)"}
