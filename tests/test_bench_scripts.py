@@ -249,3 +249,24 @@ def test_an_exporter_child_past_its_timeout_is_a_row_error(tmp_path):
     out = tmp_path / "out" / "tiny__dynamo" / "model.onnx"
     row = script("exporter_choice").run_child("export", "tiny", "dynamo", out, timeout=0.05)
     assert row == {"error": "export child timed out after 0.05 s (--timeout)"}
+
+
+# ---------------------------------------------------------------------------- convert_memory*.py
+@pytest.mark.parametrize("name", ["convert_memory", "convert_memory_torch_dist"])
+@pytest.mark.parametrize("kind, message", [("missing", "does not exist; create it"),
+                                           ("file", "is a file, not a folder")])
+def test_convert_benchmarks_refuse_a_bad_workdir_up_front(tmp_path, capsys, name, kind, message):
+    workdir = tmp_path / "work"
+    if kind == "file":
+        workdir.write_text("")
+    with pytest.raises(SystemExit) as stop:
+        script(name).main(["--workdir", str(workdir)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"--workdir {workdir} {message}" in err and "Traceback" not in err
+
+
+def test_convert_memory_torch_dist_refuses_zero_layers(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        script("convert_memory_torch_dist").main(["--layers", "0", "--workdir", str(tmp_path)])
+    assert stop.value.code == 2 and "--layers must be >= 1, got 0" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
