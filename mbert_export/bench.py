@@ -489,7 +489,8 @@ def write_report(report: dict, say: Progress, quiet: bool = False) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        say("bench: matplotlib not installed; no PNG chart (pip install matplotlib)")
+        if not quiet:  # said once, at the end, not after every shape
+            say("bench: matplotlib not installed; no PNG chart (pip install matplotlib)")
         return
     shapes = [f"{s['batch']}x{s['sequence']}" for s in report["results"]]
     backends = list(report["results"][0]["backends"]) if report["results"] else []
