@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from precision_cost import WORKDIR, check_work_graph, ensure_work_graph, work_graph  # noqa: E402
+from precision_cost import WORKDIR, ensure_work_graph, work_graph  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "int8_memory.json"
 BEFORE = REPO / "benchmarks" / "results" / "precision_cost.json"
@@ -116,12 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     if not [m for m in args.methods.split(",") if m.strip()]:
         parser.error("--methods names no calibration method")
     src = Path(args.src) if args.src else work_graph(WORKDIR, args.preset)
-    try:
-        check_work_graph(src, args.preset)
-    except ValueError as exc:
-        parser.error(str(exc))
-    ensure_work_graph(src, args.preset, "int8_memory")
-    graph_bytes = sum(p.stat().st_size for p in src.parent.glob(src.name + "*"))
+    graph_bytes = ensure_work_graph(src, args.preset, "int8_memory", parser)
     rows, outputs = [], {}
     for method in args.methods.split(","):
         print(f"[int8_memory] {method} ...", file=sys.stderr, flush=True)

@@ -25,14 +25,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mbert_export.bench import (bench_shape, check_arguments, check_model, check_name,  # noqa: E402
+from mbert_export.bench import (check_arguments, check_model, check_name,  # noqa: E402
                                 check_results_writable, clip_shapes, held_out_agreement, load_model, make_runners,
-                                model_label, parse_shapes, prepare_graphs, save_results, stop_on_interrupt)
+                                model_label, parse_shapes, prepare_graphs, save_results, stop_on_interrupt,
+                                time_shapes)
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 
 BENCH_ROWS = ("pytorch-fp32", "ort-int8-dynamic", "ov-f32", "ov-int8")
@@ -161,16 +160,9 @@ def main(argv: list[str] | None = None) -> int:
               "nncf": _nncf_version(), "dynamic_quantization_group_size": groups, "complete": False, "results": [],
               "held_out_agreement": None}
     say(f"openvino_int8_paths: {machine_line(report['machine'])}")
-    rng = np.random.default_rng(0)
     with stop_on_interrupt(name, report, len(shapes)):
-        for index, (batch, seq) in enumerate(shapes, 1):
-            say(f"openvino_int8_paths: batch {batch} x seq {seq}, {len(runners)} rows interleaved (shape {index} of "
-                f"{len(shapes)})")
-            ids = rng.integers(5, model.config.real_vocab_size, size=(batch, seq), dtype=np.int64)
-            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-            rows = bench_shape(runners, feeds, warmup=1, repeats=args.repeats, budget_s=float("inf"), progress=say)
-            report["results"].append({"batch": batch, "sequence": seq, "backends": rows})
-            save_results(name, report, markdown(report))  # partial results (marked so) survive an interrupted run
+        time_shapes(runners, shapes, model.config.real_vocab_size, report, lambda r: save_results(name, r, markdown(r)),
+                    1, args.repeats, float("inf"), say, "openvino_int8_paths")
         if checkpoint is not None:
             report["held_out_agreement"] = held_out_agreement(runners, checkpoint, model.config.real_vocab_size,
                                                               model.config.max_position_embeddings, say)

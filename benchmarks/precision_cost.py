@@ -83,16 +83,22 @@ def check_work_graph(graph: Path, preset: str) -> bool:
     return True
 
 
-def ensure_work_graph(graph: Path, preset: str, tag: str) -> None:
-    """Export the preset's MLM graph (random weights) to `graph` unless it is there, and record the preset."""
+def ensure_work_graph(graph: Path, preset: str, tag: str, parser: argparse.ArgumentParser) -> int:
+    """Export the preset's MLM graph (random weights) to `graph` unless it is there, and record the preset;
+    another preset's graph is refused with parser.error. Returns the graph's bytes (with external data)."""
     from mbert_export.fileio import atomic_write_text
 
-    if check_work_graph(graph, preset):
+    try:
+        cached = check_work_graph(graph, preset)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if cached:
         print(f"[{tag}] reusing {graph} ({preset})", file=sys.stderr, flush=True)
-        return
-    print(f"[{tag}] exporting {preset} to {graph} ...", file=sys.stderr, flush=True)
-    run(EXPORT, preset, str(graph))
-    atomic_write_text(graph.parent / PRESET_RECORD, preset + "\n")
+    else:
+        print(f"[{tag}] exporting {preset} to {graph} ...", file=sys.stderr, flush=True)
+        run(EXPORT, preset, str(graph))
+        atomic_write_text(graph.parent / PRESET_RECORD, preset + "\n")
+    return sum(p.stat().st_size for p in graph.parent.glob(graph.name + "*"))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,12 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--batches must be >= 1, got {args.batches}")
     work = Path(args.workdir) / args.preset
     fp32 = work_graph(Path(args.workdir), args.preset)
-    try:
-        check_work_graph(fp32, args.preset)
-    except ValueError as exc:
-        parser.error(str(exc))
-    ensure_work_graph(fp32, args.preset, "precision_cost")
-    weight_bytes = sum(p.stat().st_size for p in fp32.parent.glob(fp32.name + "*"))
+    weight_bytes = ensure_work_graph(fp32, args.preset, "precision_cost", parser)
     rows = []
     for which in ["fp16"] + [f"int8:{m}" for m in args.methods.split(",")]:
         print(f"[precision_cost] {which} ...", file=sys.stderr, flush=True)

@@ -398,20 +398,13 @@ def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BAC
     shapes = clip_shapes(shapes or [(batch, seq) for batch in batches for seq in seqs], max_pos, say)
     graphs = prepare_graphs(model, model_name, checkpoint, backends, say)
     runners = make_runners(model, graphs, backends, threads, say)
-    rng = np.random.default_rng(0)
     report = {"name": name, "model": model_name, "threads": threads, "warmup": warmup, "repeats": repeats,
               "machine": {**machine_info(threads), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
               "complete": False, "results": [], "held_out_agreement": None}
     say(f"bench: {machine_line(report['machine'])}")
     with stop_on_interrupt(name, report, len(shapes)):
-        for index, (batch, seq) in enumerate(shapes, 1):
-            say(f"bench: batch {batch} x seq {seq} ({len(runners)} backends, interleaved; shape {index} of "
-                f"{len(shapes)})")
-            ids = rng.integers(5, model.config.real_vocab_size, size=(batch, seq), dtype=np.int64)
-            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-            rows = bench_shape(runners, feeds, warmup, repeats, budget_s, say)
-            report["results"].append({"batch": batch, "sequence": seq, "backends": rows})
-            write_report(report, say, quiet=True)  # partial results (marked so) survive an interrupted run
+        time_shapes(runners, shapes, model.config.real_vocab_size, report, lambda r: write_report(r, say, quiet=True),
+                    warmup, repeats, budget_s, say)
         if checkpoint is not None and ((checkpoint / "vocab.txt").exists() or
                                        (checkpoint / "tokenizer.json").exists()):
             report["held_out_agreement"] = held_out_agreement(runners, checkpoint, model.config.real_vocab_size,
@@ -419,6 +412,21 @@ def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BAC
     report["complete"] = True
     write_report(report, say)
     return report
+
+
+def time_shapes(runners: dict, shapes: Sequence[tuple[int, int]], vocab_size: int, report: dict,
+                save: Callable[[dict], object], warmup: int, repeats: int, budget_s: float, say: Progress,
+                prefix: str = "bench") -> None:
+    """bench_shape on random ids of every shape in turn, each appended to report["results"] and saved
+    with `save(report)` (the report is still "complete": False: partial results survive an interrupted run)."""
+    rng = np.random.default_rng(0)
+    for index, (batch, seq) in enumerate(shapes, 1):
+        say(f"{prefix}: batch {batch} x seq {seq} ({len(runners)} rows, interleaved; shape {index} of {len(shapes)})")
+        ids = rng.integers(5, vocab_size, size=(batch, seq), dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+        rows = bench_shape(runners, feeds, warmup, repeats, budget_s, say)
+        report["results"].append({"batch": batch, "sequence": seq, "backends": rows})
+        save(report)
 
 
 @contextlib.contextmanager
