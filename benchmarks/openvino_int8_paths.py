@@ -149,18 +149,17 @@ def main(argv: list[str] | None = None) -> int:
 
     model, checkpoint = load_model(args.model, say)
     shapes = clip_shapes(shapes, model.config.max_position_embeddings, say, "openvino_int8_paths")
-    graphs = prepare_graphs(model, args.model, checkpoint, BENCH_ROWS, say)
-    runners = make_runners(model, graphs, BENCH_ROWS, args.threads, say)
-    weights = weight_only_graph(graphs["ort-fp32"], say)
-    groups: dict = {}
-    if weights is not None:
-        weight_runners, groups = weight_only_runners(weights, args.threads, say)
-        runners.update(weight_runners)
     report = {"name": name, "model": args.model, "repeats": args.repeats, "machine": machine_info(args.threads),
-              "nncf": _nncf_version(), "dynamic_quantization_group_size": groups, "complete": False, "results": [],
+              "nncf": _nncf_version(), "dynamic_quantization_group_size": {}, "complete": False, "results": [],
               "held_out_agreement": None}
-    say(f"openvino_int8_paths: {machine_line(report['machine'])}")
     with stop_on_interrupt(name, report, len(shapes)):
+        graphs = prepare_graphs(model, args.model, checkpoint, BENCH_ROWS, say)
+        runners = make_runners(model, graphs, BENCH_ROWS, args.threads, say)
+        weights = weight_only_graph(graphs["ort-fp32"], say)
+        if weights is not None:
+            weight_runners, report["dynamic_quantization_group_size"] = weight_only_runners(weights, args.threads, say)
+            runners.update(weight_runners)
+        say(f"openvino_int8_paths: {machine_line(report['machine'])}")
         time_shapes(runners, shapes, model.config.real_vocab_size, report, lambda r: save_results(name, r, markdown(r)),
                     1, args.repeats, float("inf"), say, "openvino_int8_paths")
         if checkpoint is not None:

@@ -396,13 +396,13 @@ def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BAC
     model, checkpoint = load_model(model_name, say)
     max_pos = model.config.max_position_embeddings
     shapes = clip_shapes(shapes or [(batch, seq) for batch in batches for seq in seqs], max_pos, say)
-    graphs = prepare_graphs(model, model_name, checkpoint, backends, say)
-    runners = make_runners(model, graphs, backends, threads, say)
     report = {"name": name, "model": model_name, "threads": threads, "warmup": warmup, "repeats": repeats,
               "machine": {**machine_info(threads), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
               "complete": False, "results": [], "held_out_agreement": None}
-    say(f"bench: {machine_line(report['machine'])}")
     with stop_on_interrupt(name, report, len(shapes)):
+        graphs = prepare_graphs(model, model_name, checkpoint, backends, say)
+        runners = make_runners(model, graphs, backends, threads, say)
+        say(f"bench: {machine_line(report['machine'])}")
         time_shapes(runners, shapes, model.config.real_vocab_size, report, lambda r: write_report(r, say, quiet=True),
                     warmup, repeats, budget_s, say)
         if checkpoint is not None and ((checkpoint / "vocab.txt").exists() or

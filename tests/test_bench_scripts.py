@@ -270,3 +270,13 @@ def test_convert_memory_torch_dist_refuses_zero_layers(tmp_path, capsys):
         script("convert_memory_torch_dist").main(["--layers", "0", "--workdir", str(tmp_path)])
     assert stop.value.code == 2 and "--layers must be >= 1, got 0" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_ctrl_c_while_the_graphs_are_built_says_nothing_was_saved(dirs):
+    def progress(message: str) -> None:
+        if message.startswith("export:"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        bench.run_benchmark("tiny", backends=["ort-fp32"], shapes=[(1, 8)], repeats=1, name="t", progress=progress)
+    assert stop.value.code == "interrupted: nothing was saved" and not (dirs / "results" / "t.json").exists()
