@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 GENERATE = r"""
 import sys, torch
@@ -80,12 +81,29 @@ def measure(body: str) -> dict[str, float]:
     return {"seconds": wall, "peak_rss_mib": rss_kb / 1024}
 
 
-def main() -> None:
+def check_workdir(parser: argparse.ArgumentParser, workdir: Path | None) -> None:
+    """Refuse a --workdir the temp folder cannot go in (missing, a file, not writable), before any work."""
+    from mbert_export.fileio import make_writable_dir
+
+    if workdir is None:
+        return
+    if not workdir.exists():
+        parser.error(f"--workdir {workdir} does not exist; create it, or leave --workdir out to use a temp folder")
+    if not workdir.is_dir():
+        parser.error(f"--workdir {workdir} is a file, not a folder; pass a folder")
+    try:
+        make_writable_dir(workdir, "--workdir")
+    except PermissionError as exc:
+        parser.error(str(exc))
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None, help="where to write checkpoints (default: a temp dir)")
     parser.add_argument("--dtype", default="float16", choices=["float16", "float32"])
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoints")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    check_workdir(parser, args.workdir)
     work = Path(tempfile.mkdtemp(prefix="convert-bench-", dir=args.workdir))
     results = []
     try:

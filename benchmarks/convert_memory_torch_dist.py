@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convert_memory import ROOT, measure  # noqa: E402  (same measurement as the legacy benchmark)
+from convert_memory import ROOT, check_workdir, measure  # noqa: E402  (same measurement as the legacy benchmark)
 
 GENERATE = r"""
 import argparse, sys, torch, warnings
@@ -67,12 +67,15 @@ print("WEIGHT_BYTES", weight_bytes)
 """
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the checkpoint (default: temp)")
     parser.add_argument("--layers", type=int, default=48, help="48 for the 3.9B shape; fewer for a quick run")
     parser.add_argument("--keep", action="store_true", help="keep the generated checkpoint and output")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.layers < 1:
+        parser.error(f"--layers must be >= 1, got {args.layers}")
+    check_workdir(parser, args.workdir)
     work = Path(tempfile.mkdtemp(prefix="convert-dist-bench-", dir=args.workdir))
     try:
         iteration = work / "ckpt" / "iter_0000001"
@@ -100,14 +103,13 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result, indent=1))
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "convert_memory_torch_dist.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / "convert_memory_torch_dist.md").write_text(
-        "| checkpoint | weights GiB | convert s | peak RSS GiB | RSS / weights | import-only RSS GiB |\n"
-        "|---|---:|---:|---:|---:|---:|\n"
-        f"| {result['shape']} | {result['weight_gib']:.2f} | {result['convert_s']:.0f} | "
-        f"{result['peak_rss_gib']:.2f} | {result['rss_over_weights']:.2f} | {result['import_only_rss_gib']:.2f} |\n")
+    from mbert_export.fileio import write_report
+
+    write_report(ROOT / "benchmarks" / "results" / "convert_memory_torch_dist.json", result,
+                 "| checkpoint | weights GiB | convert s | peak RSS GiB | RSS / weights | import-only RSS GiB |\n"
+                 "|---|---:|---:|---:|---:|---:|\n"
+                 f"| {result['shape']} | {result['weight_gib']:.2f} | {result['convert_s']:.0f} | "
+                 f"{result['peak_rss_gib']:.2f} | {result['rss_over_weights']:.2f} | {result['import_only_rss_gib']:.2f} |\n")
 
 
 if __name__ == "__main__":

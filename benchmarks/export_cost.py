@@ -4,8 +4,8 @@
 
 Each preset runs in its own subprocess so that `ru_maxrss` belongs to that export alone. Reported:
 weight bytes, RSS after building the model, peak RSS of the export without verification and of the
-verification step (ONNX Runtime session + reference forward passes), and times. Writes
-benchmarks/results/export_cost.json and prints a markdown table.
+verification step (ONNX Runtime session + reference forward passes, at min(512, the preset's positions)
+tokens), and times. Writes benchmarks/results/export_cost.json (atomically) and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+#: Longest verification input, capped at each preset's position table (tiny has 64 positions).
+VERIFY_TOKENS = 512
 RESULTS = REPO / "benchmarks" / "results" / "export_cost.json"
 
 CHILD = r"""
@@ -48,6 +51,12 @@ print(json.dumps(dict(preset=preset, weight_bytes=weights, rss_after_build=built
 """
 
 
+def verify_tokens(preset: str) -> int:
+    from mbert_export.config import preset_config
+
+    return min(VERIFY_TOKENS, preset_config(preset).max_position_embeddings)
+
+
 def main() -> None:
     from mbert_export.config import PRESETS
 
@@ -62,7 +71,7 @@ def main() -> None:
     runs = []
     for preset in presets:
         print(f"[export_cost] {preset} ...", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, "-c", CHILD, preset, "512"], check=True, text=True,
+        out = subprocess.run([sys.executable, "-c", CHILD, preset, str(verify_tokens(preset))], check=True, text=True,
                              stdout=subprocess.PIPE, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     gib = 1024**3
@@ -73,8 +82,9 @@ def main() -> None:
         print(f"| {r['preset']} | {r['weight_bytes'] / gib:.2f} | {r['export_s']:.1f} | "
               f"{r['export_peak_rss'] / gib:.2f} | {r['export_peak_rss'] / r['weight_bytes']:.2f} | "
               f"{r['verify_s']:.1f} | {r['verify_peak_rss'] / gib:.2f} | {max(r['max_abs_diff'].values()):.1e} |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"runs": runs}, indent=1))
+    from mbert_export.fileio import atomic_write_text
+
+    atomic_write_text(RESULTS, json.dumps({"runs": runs}, indent=1))
 
 
 if __name__ == "__main__":

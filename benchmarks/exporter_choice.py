@@ -45,6 +45,7 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 RESULTS = REPO / "benchmarks" / "results" / "exporter_choice.json"
 EXPORTERS = ("dynamo", "dynamo-noopt", "dynamo-meta", "torchscript")
 PRESET_ALIASES = {"345m": "megatron-bert-345m-cased", "1.3b": "erlangshen-megatronbert-1.3b"}
@@ -338,7 +339,10 @@ def run_child(mode: str, preset: str, exporter: str, out: Path, timeout: float) 
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     cmd = [sys.executable, __file__, "--child", mode, "--preset", preset, "--exporter", exporter,
            "--out-dir", str(out.parent.parent)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed the child
+        return {"error": f"{mode} child timed out after {timeout:g} s (--timeout)"}
     marker = "@@RESULT@@"
     for line in proc.stdout.splitlines():
         if line.startswith(marker):
@@ -374,13 +378,16 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", nargs="+", default=["tiny", "megatron-bert-345m-cased"])
+    ap.add_argument("--preset", nargs="+", default=["tiny", "megatron-bert-345m-cased"],
+                    help=f"presets (aliases: {', '.join(f'{k}={v}' for k, v in PRESET_ALIASES.items())})")
     ap.add_argument("--exporter", nargs="+", default=["dynamo", "torchscript"], choices=EXPORTERS)
     ap.add_argument("--out-dir", type=Path, default=Path("/tmp/exporter_choice"))
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
     ap.add_argument("--keep", action="store_true", help="keep the exported files")
-    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--timeout", type=float, default=3600,
+                    help="seconds per export or check child (default 3600); a child that takes longer is "
+                         "stopped and its row records the timeout")
     ap.add_argument("--child", choices=["export", "check"], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -391,19 +398,30 @@ def main(argv=None) -> int:
         print("@@RESULT@@" + json.dumps(res), flush=True)
         return 0
 
+    from mbert_export.config import PRESETS
+    from mbert_export.fileio import atomic_write_text
+
+    unknown = [p for p in args.preset if resolve_preset(p) not in PRESETS]
+    if unknown:
+        ap.error(f"unknown preset {', '.join(unknown)}; choose from {', '.join(PRESETS)} "
+                 f"(or {', '.join(PRESET_ALIASES)})")
+    if not args.timeout > 0:
+        ap.error(f"--timeout must be a positive number of seconds, got {args.timeout:g}")
     rows = []
-    for preset in map(resolve_preset, args.preset):
+    for preset in dict.fromkeys(map(resolve_preset, args.preset)):
         for exporter in args.exporter:
             out = args.out_dir / f"{preset}__{exporter}" / "model.onnx"
             print(f"== {preset} / {exporter}", file=sys.stderr, flush=True)
-            row = {"preset": preset, "exporter": exporter,
-                   "export": run_child("export", preset, exporter, out, args.timeout)}
-            if not args.no_check and "error" not in row["export"]:
-                row["check"] = run_child("check", preset, exporter, out, args.timeout)
+            try:
+                row = {"preset": preset, "exporter": exporter,
+                       "export": run_child("export", preset, exporter, out, args.timeout)}
+                if not args.no_check and "error" not in row["export"]:
+                    row["check"] = run_child("check", preset, exporter, out, args.timeout)
+            finally:
+                if not args.keep:
+                    shutil.rmtree(out.parent, ignore_errors=True)
             rows.append(row)
             print(table([row]).splitlines()[-1], file=sys.stderr, flush=True)
-            if not args.keep and out.parent.exists():
-                shutil.rmtree(out.parent)
 
     print(table(rows))
     args.results.parent.mkdir(parents=True, exist_ok=True)
@@ -412,7 +430,7 @@ def main(argv=None) -> int:
         with contextlib.suppress(ValueError):
             merged = {f"{r['preset']}/{r['exporter']}": r for r in json.loads(args.results.read_text())["runs"]}
     merged.update({f"{r['preset']}/{r['exporter']}": r for r in rows})
-    args.results.write_text(json.dumps({"runs": list(merged.values())}, indent=1) + "\n")
+    atomic_write_text(args.results, json.dumps({"runs": list(merged.values())}, indent=1) + "\n")
     print(f"wrote {args.results}", file=sys.stderr)
     return 0
 

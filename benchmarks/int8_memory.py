@@ -1,15 +1,16 @@
 """Peak RSS and time of the memory-lean INT8 pass (`mbert_export.qdq.quantize_int8_lean`) on 345M.
 
-    PYTHONPATH=. python benchmarks/int8_memory.py [--src /tmp/precision_cost/fp32/model.onnx]
+    PYTHONPATH=. python benchmarks/int8_memory.py [--preset P] [--src /tmp/precision_cost/P/fp32/model.onnx]
 
-The FP32 graph comes from benchmarks/precision_cost.py (exported there if missing). Each method runs
+The FP32 graph of --preset comes from benchmarks/precision_cost.py's work folder (exported there if
+missing; a graph recorded as another preset's is refused). Each method runs
 in a fresh subprocess: `ru_maxrss` gives its overall peak, and a thread sampling /proc/self/statm
 every 10 ms gives the peak of each phase (calibration, quantization), switched by the pass's
-progress messages. Calibration data: 16 batches of 8 rows at lengths 32, 64, 128, 256 (random ids;
-the cost does not depend on the text). Afterwards the INT8 graph of the first method is compared
-with the FP32 graph on 2 random batches (top-1 agreement of the logits; random weights, so this is
-only a sanity check, not an accuracy result). Prints a markdown table and writes
-benchmarks/results/int8_memory.json; ONNX Runtime's `quantize_static` row, when
+progress messages. Calibration data: 16 batches of 8 rows at lengths 32, 64, 128, 256 (those the
+preset's positions hold; random ids: the cost does not depend on the text). Afterwards the INT8 graph
+of the first method is compared with the FP32 graph on 2 random batches of 4 x min(128, positions)
+(top-1 agreement of the logits; random weights, so this is only a sanity check, not an accuracy
+result). Prints a markdown table and writes benchmarks/results/int8_memory.json (atomically); ONNX Runtime's `quantize_static` row, when
 benchmarks/results/precision_cost.json has it, is shown for comparison.
 """
 
@@ -22,6 +23,9 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from precision_cost import WORKDIR, ensure_work_graph, work_graph  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "int8_memory.json"
 BEFORE = REPO / "benchmarks" / "results" / "precision_cost.json"
 GIB = 1024**3
@@ -35,8 +39,8 @@ from mbert_export.tasks import get_task
 
 preset, src, dst, method, count = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
 config, task = preset_config(preset), get_task("mlm")
-lengths = (32, 64, 128, 256)
-batches = [sample_inputs(config, task, 8, lengths[i % 4], seed=i) for i in range(count)]
+lengths = [n for n in (32, 64, 128, 256) if n <= config.max_position_embeddings] or [16]
+batches = [sample_inputs(config, task, 8, lengths[i % len(lengths)], seed=i) for i in range(count)]
 page = resource.getpagesize()
 phase, peaks, started = ["setup"], {}, {}
 
@@ -83,19 +87,10 @@ from mbert_export.tasks import get_task
 
 preset, fp32, int8 = sys.argv[1:4]
 config = preset_config(preset)
-batches = [sample_inputs(config, get_task("mlm"), 4, 128, seed=1000 + i) for i in range(2)]
+seq = min(128, config.max_position_embeddings)
+batches = [sample_inputs(config, get_task("mlm"), 4, seq, seed=1000 + i) for i in range(2)]
 report = compare_graphs(fp32, int8, batches, real_vocab_size=config.real_vocab_size)["logits"]
-print(json.dumps(report))
-"""
-
-EXPORT = r"""
-import sys, torch
-from mbert_export.config import preset_config
-from mbert_export.export import export_onnx
-from mbert_export.modeling import MegatronBertForMaskedLM
-torch.manual_seed(0)
-model = MegatronBertForMaskedLM(preset_config(sys.argv[1])).eval()
-export_onnx(model, "mlm", sys.argv[2], verify=False, progress=lambda m: print(m, file=sys.stderr, flush=True))
+print(json.dumps({"shape": [4, seq], **report}))
 """
 
 
@@ -105,30 +100,35 @@ def run(code: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from mbert_export.config import PRESETS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="megatron-bert-345m-cased")
-    parser.add_argument("--src", default="/tmp/precision_cost/fp32/model.onnx", help="FP32 graph of the preset")
-    parser.add_argument("--workdir", default="/tmp/int8_memory")
+    parser.add_argument("--preset", default="megatron-bert-345m-cased", choices=list(PRESETS))
+    parser.add_argument("--src", help=f"FP32 graph of the preset (default {WORKDIR}/PRESET/fp32/model.onnx, "
+                                      "exported there if missing)")
+    parser.add_argument("--workdir", default="/tmp/int8_memory", help="INT8 graphs go to WORKDIR/PRESET/METHOD")
     parser.add_argument("--batches", type=int, default=16, help="calibration batches of 8 rows")
     parser.add_argument("--methods", default="max,percentile", help="comma-separated calibration methods")
-    args = parser.parse_args()
-    src = Path(args.src)
-    if not src.exists():
-        print(f"[int8_memory] exporting {args.preset} to {src} ...", file=sys.stderr, flush=True)
-        subprocess.run([sys.executable, "-c", EXPORT, args.preset, str(src)], check=True,
-                       env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
-    graph_bytes = sum(p.stat().st_size for p in src.parent.glob(src.name + "*"))
+    args = parser.parse_args(argv)
+    if args.batches < 1:
+        parser.error(f"--batches must be >= 1, got {args.batches}")
+    if not [m for m in args.methods.split(",") if m.strip()]:
+        parser.error("--methods names no calibration method")
+    src = Path(args.src) if args.src else work_graph(WORKDIR, args.preset)
+    graph_bytes = ensure_work_graph(src, args.preset, "int8_memory", parser)
     rows, outputs = [], {}
     for method in args.methods.split(","):
         print(f"[int8_memory] {method} ...", file=sys.stderr, flush=True)
-        outputs[method] = Path(args.workdir) / method / "model.onnx"
+        outputs[method] = Path(args.workdir) / args.preset / method / "model.onnx"
         rows.append(run(PASS, args.preset, str(src), str(outputs[method]), method, str(args.batches)))
     first = args.methods.split(",")[0]
     print(f"[int8_memory] comparing {first} INT8 with FP32 ...", file=sys.stderr, flush=True)
     agreement = run(COMPARE, args.preset, str(src), str(outputs[first]))
     before = json.loads(BEFORE.read_text()) if BEFORE.exists() else {}
-    ort_rows = [r for r in before.get("runs", []) if r["pass"].startswith("int8:")]
+    # ONNX Runtime's rows only when precision_cost.json measured this preset
+    ort_rows = [r for r in before.get("runs", []) if r["pass"].startswith("int8:")] \
+        if before.get("preset") == args.preset else []
 
     print(f"| INT8 pass ({args.preset}, FP32 graph {graph_bytes / GIB:.2f} GiB, {args.batches} batches) "
           "| seconds (calib + quant) | peak RSS GiB | calibration peak | quantization peak |")
@@ -141,12 +141,14 @@ def main() -> None:
     for r in ort_rows:
         print(f"| ORT quantize_static {r['pass'].split(':')[1]} (precision_cost.json, "
               f"{before.get('calibration_batches')} batches) | {r['seconds']:.0f} | {r['peak_rss'] / GIB:.2f} | | |")
-    print(f"\nINT8 ({first}) vs FP32 on 2 random batches of 4 x 128: top-1 agreement "
+    print(f"\nINT8 ({first}) vs FP32 on 2 random batches of {agreement['shape'][0]} x {agreement['shape'][1]}: "
+          "top-1 agreement "
           f"{agreement.get('top1_agreement', float('nan')):.2%} over {agreement.get('positions')} tokens, "
           f"max |diff| {agreement['max_abs_diff']:.3g}, mean |diff| {agreement['mean_abs_diff']:.3g} "
           "(random weights: near-uniform logits, a sanity check only)")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"preset": args.preset, "graph_bytes": graph_bytes, "calibration_batches":
+    from mbert_export.fileio import atomic_write_text
+
+    atomic_write_text(RESULTS, json.dumps({"preset": args.preset, "graph_bytes": graph_bytes, "calibration_batches":
                                    args.batches, "runs": rows, "int8_vs_fp32": {"method": first, **agreement},
                                    "ort_quantize_static": ort_rows}, indent=1))
 

@@ -14,7 +14,9 @@ Rows, interleaved in one run (so only their ratios mean anything), on the bench'
 Issue 13 asks for an OpenVINO INT8 path >= 1.15x the ONNX Runtime recipe at 1 x 128 and 8 x 128; this
 says which one comes closest on the machine it runs on. With a trained checkpoint (`--model demo`)
 it adds top-1 agreement with PyTorch FP32 at masked held-out positions (the INT8 bar is 99%).
-Writes benchmarks/results/openvino-int8-paths[-NAME].{json,md}, naming the machine.
+Writes benchmarks/results/openvino-int8-paths[-NAME].{json,md}, naming the machine (without --name:
+openvino-int8-paths for the default 345M preset, openvino-int8-paths-MODEL for any other model, e.g.
+openvino-int8-paths-demo). Files saved after each shape are marked partial until the run ends.
 """
 
 from __future__ import annotations
@@ -23,23 +25,25 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mbert_export.bench import (ARTIFACTS_DIR, bench_shape, held_out_agreement, load_model, make_runners,  # noqa: E402
-                                prepare_graphs, save_results)
+from mbert_export.bench import (check_arguments, check_model, check_name,  # noqa: E402
+                                check_results_writable, clip_shapes, held_out_agreement, load_model, make_runners,
+                                model_label, parse_shapes, prepare_graphs, save_results, stop_on_interrupt,
+                                time_shapes)
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 
 BENCH_ROWS = ("pytorch-fp32", "ort-int8-dynamic", "ov-f32", "ov-int8")
+DEFAULT_MODEL = "megatron-bert-345m-cased"
+RESULT_PREFIX = "openvino-int8-paths"
 #: Weight-only rows: name -> extra OpenVINO compile properties.
 WEIGHT_ONLY_ROWS = {"ov-int8-weights": {}, "ov-int8-weights-no-dq": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}}
 
 
-def weight_only_graph(fp32_graph: Path, model_name: str, say) -> Path | None:
+def weight_only_graph(fp32_graph: Path, say) -> Path | None:
     """The FP32 graph with int8 weights (NNCF) as OpenVINO IR, saved once per FP32 graph and NNCF
-    version; None when nncf is missing."""
+    version beside the bench's graphs of that model; None when nncf is missing."""
     try:
         import nncf
     except ImportError:
@@ -50,7 +54,7 @@ def weight_only_graph(fp32_graph: Path, model_name: str, say) -> Path | None:
     from mbert_export.runtime.openvino.loader import graph_sha256
 
     key = f"nncf-{nncf.__version__}-openvino-{openvino.__version__.split('-')[0]}-{graph_sha256(fp32_graph)[:16]}"
-    target = ARTIFACTS_DIR / model_name / "ov-int8-weights" / key / "model.xml"
+    target = fp32_graph.parent.parent / "ov-int8-weights" / key / "model.xml"
     if target.exists():
         return target
 
@@ -112,42 +116,56 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def result_name(model: str, suffix: str) -> str:
+    """openvino-int8-paths[-SUFFIX]; without a suffix, the model's label for any model but the default."""
+    if suffix:
+        check_name(suffix)
+    elif model != DEFAULT_MODEL:
+        suffix = model_label(model)
+    return RESULT_PREFIX + (f"-{suffix}" if suffix else "")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="megatron-bert-345m-cased",
-                        help="bench model: a preset (random weights, speed only) or demo / a checkpoint folder")
-    parser.add_argument("--shapes", default="1x128,8x128", help="comma-separated BATCHxSEQ")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--name", default="", help="result name suffix: benchmarks/results/openvino-int8-paths-NAME.*")
-    args = parser.parse_args()
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="bench model: a preset (random weights, speed only) or demo / a checkpoint folder "
+                             f"(default {DEFAULT_MODEL})")
+    parser.add_argument("--shapes", default="1x128,8x128", help="comma-separated BATCHxSEQ (default 1x128,8x128); "
+                        "sequences longer than the model's positions are timed at its maximum")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds per shape (default 5)")
+    parser.add_argument("--threads", type=int, default=2, help="threads for every row (default 2)")
+    parser.add_argument("--name", default="", help="result name suffix: benchmarks/results/openvino-int8-paths-NAME.* "
+                        "(default: none for the default model, else the model's name, e.g. -demo)")
+    args = parser.parse_args(argv)
     say = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
-    shapes = [tuple(int(n) for n in s.split("x")) for s in args.shapes.split(",")]
+    try:
+        shapes = parse_shapes(args.shapes)
+        check_arguments(BENCH_ROWS, [], [], shapes, args.threads, 1, args.repeats, float("inf"), None)
+        check_model(args.model)
+        name = result_name(args.model, args.name)
+        check_results_writable(name, suffixes=(".json", ".md"))
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
 
     model, checkpoint = load_model(args.model, say)
-    graphs = prepare_graphs(model, args.model, checkpoint, BENCH_ROWS, say)
-    runners = make_runners(model, graphs, BENCH_ROWS, args.threads, say)
-    weights = weight_only_graph(graphs["ort-fp32"], args.model, say)
-    groups: dict = {}
-    if weights is not None:
-        weight_runners, groups = weight_only_runners(weights, args.threads, say)
-        runners.update(weight_runners)
-    name = "openvino-int8-paths" + (f"-{args.name}" if args.name else "")
+    shapes = clip_shapes(shapes, model.config.max_position_embeddings, say, "openvino_int8_paths")
     report = {"name": name, "model": args.model, "repeats": args.repeats, "machine": machine_info(args.threads),
-              "nncf": _nncf_version(), "dynamic_quantization_group_size": groups, "results": [],
+              "nncf": _nncf_version(), "dynamic_quantization_group_size": {}, "complete": False, "results": [],
               "held_out_agreement": None}
-    say(f"openvino_int8_paths: {machine_line(report['machine'])}")
-    rng = np.random.default_rng(0)
-    for batch, seq in shapes:
-        say(f"openvino_int8_paths: batch {batch} x seq {seq}, {len(runners)} rows interleaved")
-        ids = rng.integers(5, model.config.real_vocab_size, size=(batch, seq), dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-        rows = bench_shape(runners, feeds, warmup=1, repeats=args.repeats, budget_s=float("inf"), progress=say)
-        report["results"].append({"batch": batch, "sequence": seq, "backends": rows})
-        save_results(name, report, markdown(report))  # partial results survive an interrupted run
-    if checkpoint is not None:
-        report["held_out_agreement"] = held_out_agreement(runners, checkpoint, model.config.real_vocab_size,
-                                                          model.config.max_position_embeddings, say)
+    with stop_on_interrupt(name, report, len(shapes)):
+        graphs = prepare_graphs(model, args.model, checkpoint, BENCH_ROWS, say)
+        runners = make_runners(model, graphs, BENCH_ROWS, args.threads, say)
+        weights = weight_only_graph(graphs["ort-fp32"], say)
+        if weights is not None:
+            weight_runners, report["dynamic_quantization_group_size"] = weight_only_runners(weights, args.threads, say)
+            runners.update(weight_runners)
+        say(f"openvino_int8_paths: {machine_line(report['machine'])}")
+        time_shapes(runners, shapes, model.config.real_vocab_size, report, lambda r: save_results(name, r, markdown(r)),
+                    1, args.repeats, float("inf"), say, "openvino_int8_paths")
+        if checkpoint is not None:
+            report["held_out_agreement"] = held_out_agreement(runners, checkpoint, model.config.real_vocab_size,
+                                                              model.config.max_position_embeddings, say)
+    report["complete"] = True
     base = save_results(name, report, markdown(report))
     print(markdown(report))
     say(f"openvino_int8_paths: wrote {base}.json and .md")

@@ -25,13 +25,24 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from demo_heads import GRAPHS, OPENVINO_ROWS, PARITY_SAMPLES, TaskArtifacts  # noqa: E402
 
-from mbert_export.bench import save_results  # noqa: E402
+from mbert_export.bench import check_name, check_results_writable, save_results  # noqa: E402
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 from mbert_export.parity import POOLED_TEXT, compare_checkpoint  # noqa: E402
 from mbert_export.tasks import TASKS  # noqa: E402
 
 #: (backend, graph, OpenVINO inference precision or None): the parity suite's rows.
 ROWS = [("onnxruntime", graph, None) for graph in GRAPHS] + [("openvino", *row) for row in OPENVINO_ROWS]
+BACKENDS = tuple(dict.fromkeys(backend for backend, _, _ in ROWS))
+
+
+def choices(text: str, known, option: str) -> list[str]:
+    """Comma-separated items of `known` (at least one), in order; a ValueError naming `option` otherwise."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in items if item not in known]
+    if unknown or not items:
+        raise ValueError(f"{option}: unknown or no {option.lstrip('-')} {unknown or items}; choose from "
+                         f"{', '.join(known)}")
+    return list(dict.fromkeys(items))
 
 
 def column(backend: str, graph: str, precision: str | None) -> str:
@@ -77,19 +88,22 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default=str(REPO / "benchmarks" / "artifacts" / "parity"),
                         help="folder for the demo checkpoints and graphs (kept between runs)")
-    parser.add_argument("--backends", default="onnxruntime,openvino")
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help=f"comma-separated backends (default: all, {','.join(BACKENDS)})")
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default: all)")
-    parser.add_argument("--name", default="parity-table", help="result name: benchmarks/results/NAME.*")
-    args = parser.parse_args()
-    backends = args.backends.split(",")
-    tasks = args.tasks.split(",")
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown:
-        parser.error(f"unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}")
+    parser.add_argument("--name", default="parity-table",
+                        help="result name: benchmarks/results/NAME.* (default parity-table)")
+    args = parser.parse_args(argv)
+    try:
+        backends = choices(args.backends, BACKENDS, "--backends")
+        tasks = choices(args.tasks, tuple(TASKS), "--tasks")
+        check_results_writable(check_name(args.name), suffixes=(".json", ".md"))
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
     rows = [row for row in ROWS if row[0] in backends]
     bf16 = None
     if "openvino" in backends:

@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mbert_export.bench import save_results  # noqa: E402
+from mbert_export.bench import check_name, check_results_writable, save_results  # noqa: E402
 from mbert_export.fileio import atomic_write_text  # noqa: E402
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 from mbert_export.runtime import OrtMegatronBert  # noqa: E402
@@ -282,14 +282,15 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from mbert_export.serving import TritonMegatronBert
     from mbert_export.serving.repository import write_repository
     from mbert_export.serving.server import ENV_VARIABLE, find_tritonserver, start_server
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--artifact", help="MLM artifact folder (default: export the demo MLM)")
-    parser.add_argument("--name", default="demo", help="result name: benchmarks/results/serve-NAME.*")
+    parser.add_argument("--name", default="demo",
+                        help="result name: benchmarks/results/serve-NAME.* (default demo: serve-demo)")
     parser.add_argument("--clients", default="1,8,32")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per cell and round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all cells")
@@ -301,7 +302,11 @@ def main() -> int:
     parser.add_argument("--python-env", help=f"server venv (default ${ENV_VARIABLE})")
     parser.add_argument("--perf-analyzer", default=shutil.which("perf_analyzer"),
                         help="perf_analyzer binary (default: on PATH; without it, Python clients only)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        check_results_writable(f"serve-{check_name(args.name)}", suffixes=(".json", ".md"))
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
     clients = [int(c) for c in args.clients.split(",")]
     threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.instances)
     install, server_env = find_tritonserver(args.python_env)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from serve_bench import perf_analyzer_env, run_perf_analyzer, set_busy_ms, write_echo_model  # noqa: E402
 
-from mbert_export.bench import save_results  # noqa: E402
+from mbert_export.bench import check_name, check_results_writable, save_results  # noqa: E402
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from mbert_export.serving.server import ENV_VARIABLE, find_tritonserver, start_server
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,7 +55,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="perf_analyzer measurement window per cell")
     parser.add_argument("--name", default="", help="result name suffix: benchmarks/results/triton-floor-NAME.*")
     parser.add_argument("--python-env", help=f"server venv (default ${ENV_VARIABLE})")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        name = "triton-floor" + (f"-{check_name(args.name)}" if args.name else "")
+        check_results_writable(name, suffixes=(".json", ".md"))
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
     works = [float(w) for w in args.work_ms.split(",")]
     if any(w < 0 for w in works):
         parser.error("--work-ms takes times >= 0")
@@ -85,7 +90,7 @@ def main() -> int:
     report = {"server": "2.51.0 (nvidia-pytriton 0.7.0)", "machine": machine_info(), "rounds": args.rounds,
               "seconds": args.seconds, "perf_analyzer": str(binary), "results": rows}
     text = markdown(report)
-    save_results("triton-floor" + (f"-{args.name}" if args.name else ""), report, text)
+    save_results(name, report, text)
     print(text)
     return 0
 

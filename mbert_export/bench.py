@@ -15,10 +15,15 @@ between CPUs.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import re
+import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -39,10 +44,23 @@ REFERENCE = "pytorch-fp32"
 PAUSE_S = 0.05
 #: Inputs of this many tokens or more run with ONNX Runtime arena shrinkage (see make_runners).
 SHRINK_ARENA_TOKENS = 8192
+#: Timed rounds every shape runs even when they take longer than --budget (a median needs a few).
+MIN_ROUNDS = 3
+#: Beside a model's graphs under ARTIFACTS_DIR: what they were built from (see prepare_graphs).
+SOURCE_FILE = "source.json"
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
+
+
+def check_model(model: str) -> None:
+    """Refuse a --model that is neither 'demo', a preset nor an existing folder (before any work)."""
+    from .config import PRESETS
+
+    if model != "demo" and model not in PRESETS and not Path(model).is_dir():
+        raise ValueError(f"--model {model!r} is neither 'demo', a preset ({', '.join(PRESETS)}) nor an existing "
+                         "Hugging Face folder")
 
 
 def load_model(model: str, progress: Progress):
@@ -52,16 +70,73 @@ def load_model(model: str, progress: Progress):
     from .config import PRESETS, preset_config
     from .modeling import MegatronBertForMaskedLM
 
+    check_model(model)
     if model == "demo":
         return MegatronBertForMaskedLM.from_pretrained(DEFAULT_CHECKPOINT), DEFAULT_CHECKPOINT
     if model in PRESETS:
         torch.manual_seed(0)
         progress(f"bench: {model} with random weights (speed only)")
         return MegatronBertForMaskedLM(preset_config(model)).eval(), None
-    if not Path(model).exists():
-        raise ValueError(f"--model {model!r} is neither 'demo', a preset ({', '.join(PRESETS)}) nor an existing "
-                         "Hugging Face folder")
     return MegatronBertForMaskedLM.from_pretrained(model), Path(model)
+
+
+def check_name(name: str, option: str = "--name") -> str:
+    """A result name: a plain file name, so its files stay in RESULTS_DIR (every script's --name)."""
+    if not name.strip() or Path(name).name != name or name in (".", "..") or "\\" in name:
+        raise ValueError(f"{option} {name!r} must be a plain file name (the results go to {RESULTS_DIR})")
+    return name
+
+
+def check_results_writable(name: str, option: str = "--name", suffixes: Sequence[str] = (".json", ".md", ".png")) -> Path:
+    """Before any measuring: `name` is a plain file name, RESULTS_DIR is writable and no NAME.json/.md/.png
+    is a folder. Returns RESULTS_DIR / name (the base of the result files)."""
+    from .fileio import make_writable_dir
+
+    check_name(name, option)
+    make_writable_dir(RESULTS_DIR, "results folder (benchmarks/results)")
+    base = RESULTS_DIR / name
+    for suffix in suffixes:
+        path = base.with_name(name + suffix)
+        if path.is_dir():
+            raise FileExistsError(f"{path} is a folder, so the results cannot be written there; remove it or "
+                                  f"choose another {option}")
+    return base
+
+
+def model_label(model: str) -> str:
+    """'demo' or a preset name as it is; for a checkpoint folder its folder name, made file-name safe."""
+    from .config import PRESETS
+
+    if model == "demo" or model in PRESETS:
+        return model
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).resolve().name).strip(".-") or "model"
+
+
+def parse_ints(text: str, option: str) -> list[int]:
+    """'1,8,32' -> [1, 8, 32]; a ValueError naming `option` otherwise."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected comma-separated integers such as 1,8,32") from None
+
+
+def parse_shapes(text: str, option: str = "--shapes") -> list[tuple[int, int]]:
+    """'1x128,8x128' -> [(1, 128), (8, 128)]; a ValueError naming `option` otherwise."""
+    try:
+        shapes = [tuple(int(v) for v in item.lower().split("x")) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise ValueError(f"{option} {text!r}: expected BATCHxSEQ items such as 1x128,8x128") from None
+    if not shapes or any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
+        raise ValueError(f"{option} {text!r}: expected positive BATCHxSEQ items such as 1x128,8x128")
+    return shapes  # type: ignore[return-value]
+
+
+def clip_shapes(shapes: Sequence[tuple[int, int]], max_pos: int, say: Progress, prefix: str = "bench") -> list:
+    """Sequence lengths above the model's positions are timed at `max_pos` (said once); duplicates dropped."""
+    longer = sorted({seq for _, seq in shapes if seq > max_pos})
+    if longer:
+        say(f"{prefix}: sequence lengths {longer} exceed the model's {max_pos} positions; timed at {max_pos} instead")
+    return list(dict.fromkeys((batch, min(seq, max_pos)) for batch, seq in shapes))
 
 
 def check_arguments(backends: Sequence[str], batches: Sequence[int], seqs: Sequence[int],
@@ -80,40 +155,83 @@ def check_arguments(backends: Sequence[str], batches: Sequence[int], seqs: Seque
             raise ValueError(f"{option} must be >= {low}, got {value}")
     if not budget_s > 0:
         raise ValueError(f"--budget must be a positive number of seconds, got {budget_s}")
-    if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
-        raise ValueError(f"--name {name!r} must be a plain file name (the results go to {RESULTS_DIR})")
+    if name is not None:
+        check_name(name)
     return [REFERENCE] + [b for b in dict.fromkeys(backends) if b != REFERENCE]
 
 
+def artifact_folder(model: str, checkpoint: Path | None) -> Path:
+    """Where a model's graphs are cached: always inside ARTIFACTS_DIR. 'demo' and presets by name; a
+    checkpoint folder by its name and a hash of its resolved path (two folders of one name differ)."""
+    if checkpoint is None or model == "demo":
+        return ARTIFACTS_DIR / model_label(model)
+    digest = hashlib.sha256(str(Path(checkpoint).resolve()).encode()).hexdigest()[:10]
+    return ARTIFACTS_DIR / f"{model_label(model)}-{digest}"
+
+
+def weights_source(model, checkpoint: Path | None) -> dict:
+    """What a model's graphs are built from: its config and, for a checkpoint, the size and mtime of each
+    file in its folder (weights, tokenizer), so retrained or replaced weights are noticed."""
+    files = {}
+    if checkpoint is not None:
+        for path in sorted(Path(checkpoint).iterdir()):
+            if path.is_file() and path.suffix != ".md":
+                stat = path.stat()
+                files[path.name] = [stat.st_size, stat.st_mtime_ns]
+    return json.loads(json.dumps({"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
+                                  "config": model.config.to_dict(), "files": files}, default=str))
+
+
 def prepare_graphs(model, name: str, checkpoint: Path | None, backends: Sequence[str], progress: Progress) -> dict:
-    """FP32 / FP16 / INT8 graphs for the ONNX Runtime backends, cached under benchmarks/artifacts/."""
+    """FP32 / FP16 / INT8 graphs for the ONNX Runtime backends, cached under benchmarks/artifacts/ (see
+    artifact_folder) and rebuilt when the weights they came from changed (see weights_source)."""
     from .build import DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE
     from .export import export_onnx, sample_inputs
+    from .fileio import atomic_write_text
     from .precision import convert_fp16, quantize_int8, quantize_int8_dynamic
     from .tasks import get_task
 
-    folder = ARTIFACTS_DIR / name
+    folder = artifact_folder(name, checkpoint)
     graphs = {"ort-fp32": folder / "fp32" / "model.onnx", "ort-fp16": folder / "fp16" / "model.onnx",
               "ort-int8-qdq": folder / "int8-qdq" / "model.onnx",
               "ort-int8-dynamic": folder / "int8-dynamic" / "model.onnx"}
     wanted = {b for b in backends if b.startswith("ort-")} | {OPENVINO_BACKENDS[b][0] for b in backends
                                                               if b in OPENVINO_BACKENDS}
-    if wanted and not graphs["ort-fp32"].exists():
+    if not wanted:
+        return {}
+    source, record = weights_source(model, checkpoint), folder / SOURCE_FILE
+    try:
+        stored = json.loads(record.read_text())
+    except (OSError, ValueError):
+        stored = None
+    cached = sorted(k for k in wanted if graphs[k].exists())
+    if stored != source:
+        if folder.exists() and any(folder.iterdir()):
+            progress(f"bench: the graphs in {folder} were not built from these weights"
+                     f"{' (or their record is missing)' if stored is None else ''}; rebuilding them")
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(source, indent=1) + "\n")
+    elif cached:
+        progress(f"bench: reusing the {', '.join(cached)} graph(s) in {folder} (built from the same weights; "
+                 "delete the folder to rebuild)")
+    if not graphs["ort-fp32"].exists():
         export_onnx(model, "mlm", graphs["ort-fp32"], verify=False, tokenizer_dir=checkpoint, progress=progress)
     if "ort-fp16" in wanted and not graphs["ort-fp16"].exists():
         convert_fp16(graphs["ort-fp32"], graphs["ort-fp16"], progress=progress)
     # Both INT8 graphs follow the build's recipe (same keep-float list, same calibration method).
     if "ort-int8-qdq" in wanted and not graphs["ort-int8-qdq"].exists():
+        # Calibration lengths the model's position table holds (a tiny preset has 64 positions).
+        lengths = [n for n in (32, 64, 128, 256) if n <= model.config.max_position_embeddings] or [16]
         if checkpoint is not None:
             from . import calibration
             from .tokenization import Tokenizer
 
-            lengths = [n for n in (32, 64, 128, 256) if n <= model.config.max_position_embeddings] or [16]
             batches = calibration.calibration_batches(Tokenizer.from_pretrained(checkpoint), num_samples=128,
                                                       seq_lengths=lengths)
         else:
             batches = [sample_inputs(model.config, get_task("mlm"), 8, n, seed=i)
-                       for i, n in enumerate((32, 64, 128, 256) * 4)]
+                       for i, n in enumerate(lengths * (16 // len(lengths)))]
         quantize_int8(graphs["ort-fp32"], graphs["ort-int8-qdq"], batches, method=DEFAULT_CALIBRATION_METHOD,
                       keep_float=DEFAULT_INT8_KEEP_FLOAT, strict=False, progress=progress)
     if "ort-int8-dynamic" in wanted and not graphs["ort-int8-dynamic"].exists():
@@ -189,10 +307,11 @@ def _openvino_runner(graph: Path, precision: str, threads: int, name: str, progr
 def bench_shape(runners: dict, feeds: dict, warmup: int, repeats: int, budget_s: float,
                 progress: Progress) -> dict:
     """Interleaved timing of every runner on one input; top-1 agreement with the reference."""
+    # Predictions only: the logits of six backends at 345M x 32 x 384 (1.4 GB each) ran out of RAM.
+    # With warmup 0 they come from the first timed round (taken after its timing).
     outputs = {}
     for name, run in runners.items():
-        for _ in range(max(1, warmup)):
-            # Predictions only: the logits of six backends at 345M x 32 x 384 (1.4 GB each) ran out of RAM.
+        for _ in range(warmup):
             outputs[name] = run(feeds).argmax(-1)
     times: dict[str, list[float]] = {name: [] for name in runners}
     start = time.perf_counter()
@@ -200,10 +319,16 @@ def bench_shape(runners: dict, feeds: dict, warmup: int, repeats: int, budget_s:
         for name, run in runners.items():
             time.sleep(PAUSE_S)
             t0 = time.perf_counter()
-            run(feeds)
+            logits = run(feeds)
             times[name].append(time.perf_counter() - t0)
-        if time.perf_counter() - start > budget_s and round_index >= 2:
-            progress(f"bench:   time budget reached after {round_index + 1} rounds")
+            if name not in outputs:
+                outputs[name] = logits.argmax(-1)
+            del logits
+        elapsed = time.perf_counter() - start
+        if elapsed > budget_s and round_index + 1 >= MIN_ROUNDS and round_index + 1 < repeats:
+            minimum = f" (at least {MIN_ROUNDS} rounds always run)" if round_index + 1 == MIN_ROUNDS else ""
+            progress(f"bench:   time budget of {budget_s:g} s reached after {round_index + 1} rounds, "
+                     f"{elapsed:.1f} s{minimum}")
             break
     reference = outputs.get(REFERENCE)
     rows = {}
@@ -260,39 +385,60 @@ def run_benchmark(model_name: str = "demo", *, backends: Sequence[str] = ALL_BAC
 
     say = progress or (lambda message: None)
     wanted = check_arguments(backends, batches, seqs, shapes, threads, warmup, repeats, budget_s, name)
+    check_model(model_name)
+    if name is None:
+        name = f"bench-{model_label(model_name)}"
+        check_name(name, "the result name derived from --model (pass --name)")
+    check_results_writable(name)
     if REFERENCE not in backends:
         say(f"bench: adding {REFERENCE}, the reference every speedup and agreement is measured against")
     backends = wanted
-    name = name or f"bench-{model_name}"
     model, checkpoint = load_model(model_name, say)
     max_pos = model.config.max_position_embeddings
-    longer = sorted({s for s in ([seq for _, seq in shapes] if shapes else seqs) if s > max_pos})
-    if longer:
-        say(f"bench: sequence lengths {longer} exceed the model's {max_pos} positions; {max_pos} is the longest timed")
-    seqs = [s for s in seqs if s <= max_pos] or [max_pos]
-    graphs = prepare_graphs(model, model_name, checkpoint, backends, say)
-    runners = make_runners(model, graphs, backends, threads, say)
-    rng = np.random.default_rng(0)
+    shapes = clip_shapes(shapes or [(batch, seq) for batch in batches for seq in seqs], max_pos, say)
     report = {"name": name, "model": model_name, "threads": threads, "warmup": warmup, "repeats": repeats,
               "machine": {**machine_info(threads), "cpu_capability": torch.backends.cpu.get_cpu_capability()},
-              "results": [], "held_out_agreement": None}
-    if shapes is None:
-        shapes = [(batch, seq) for batch in batches for seq in seqs]
-    else:
-        shapes = [(batch, min(seq, max_pos)) for batch, seq in shapes]
-    say(f"bench: {machine_line(report['machine'])}")
-    for batch, seq in shapes:
-        say(f"bench: batch {batch} x seq {seq} ({len(runners)} backends, interleaved)")
-        ids = rng.integers(5, model.config.real_vocab_size, size=(batch, seq), dtype=np.int64)
+              "complete": False, "results": [], "held_out_agreement": None}
+    with stop_on_interrupt(name, report, len(shapes)):
+        graphs = prepare_graphs(model, model_name, checkpoint, backends, say)
+        runners = make_runners(model, graphs, backends, threads, say)
+        say(f"bench: {machine_line(report['machine'])}")
+        time_shapes(runners, shapes, model.config.real_vocab_size, report, lambda r: write_report(r, say, quiet=True),
+                    warmup, repeats, budget_s, say)
+        if checkpoint is not None and ((checkpoint / "vocab.txt").exists() or
+                                       (checkpoint / "tokenizer.json").exists()):
+            report["held_out_agreement"] = held_out_agreement(runners, checkpoint, model.config.real_vocab_size,
+                                                              max_pos, say)
+    report["complete"] = True
+    write_report(report, say)
+    return report
+
+
+def time_shapes(runners: dict, shapes: Sequence[tuple[int, int]], vocab_size: int, report: dict,
+                save: Callable[[dict], object], warmup: int, repeats: int, budget_s: float, say: Progress,
+                prefix: str = "bench") -> None:
+    """bench_shape on random ids of every shape in turn, each appended to report["results"] and saved
+    with `save(report)` (the report is still "complete": False: partial results survive an interrupted run)."""
+    rng = np.random.default_rng(0)
+    for index, (batch, seq) in enumerate(shapes, 1):
+        say(f"{prefix}: batch {batch} x seq {seq} ({len(runners)} rows, interleaved; shape {index} of {len(shapes)})")
+        ids = rng.integers(5, vocab_size, size=(batch, seq), dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
         rows = bench_shape(runners, feeds, warmup, repeats, budget_s, say)
         report["results"].append({"batch": batch, "sequence": seq, "backends": rows})
-        write_report(report, say, quiet=True)  # partial results survive an interrupted run
-    if checkpoint is not None and ((checkpoint / "vocab.txt").exists() or (checkpoint / "tokenizer.json").exists()):
-        report["held_out_agreement"] = held_out_agreement(runners, checkpoint, model.config.real_vocab_size,
-                                                          max_pos, say)
-    write_report(report, say)
-    return report
+        save(report)
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(name: str, report: dict, shapes: int) -> Iterator[None]:
+    """Ctrl-C inside the block ends the run with one line saying what was saved (no traceback)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        done = len(report["results"])
+        saved = (f"{done} of {shapes} shapes are saved in {RESULTS_DIR / name}.json and .md, marked partial "
+                 '("complete": false)') if done else "nothing was saved"
+        raise SystemExit(f"interrupted: {saved}") from None
 
 
 def markdown_table(report: dict) -> str:
@@ -320,13 +466,22 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: First line of the .md of a report saved mid-run (its JSON has "complete": false).
+PARTIAL_NOTE = ("**Partial results**: saved while the run was still measuring; it was interrupted or has not "
+                "finished (JSON `\"complete\": false`).")
+
+
 def save_results(name: str, report: dict, table: str) -> Path:
-    """benchmarks/results/<name>.json (the report) and .md (its table), each written atomically; the base path."""
+    """benchmarks/results/<name>.json (the report) and .md (its table), each written atomically; the base path.
+    A report with "complete": False is saved mid-run: its table starts with PARTIAL_NOTE."""
     from .fileio import write_report
 
+    check_name(name)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     base = RESULTS_DIR / name
-    write_report(base.with_suffix(".json"), report, table)
+    if report.get("complete") is False:
+        table = f"{PARTIAL_NOTE}\n\n{table}"
+    write_report(base.with_name(name + ".json"), report, table)
     return base
 
 
@@ -342,7 +497,8 @@ def write_report(report: dict, say: Progress, quiet: bool = False) -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        say("bench: matplotlib not installed; no PNG chart (pip install matplotlib)")
+        if not quiet:  # said once, at the end, not after every shape
+            say("bench: matplotlib not installed; no PNG chart (pip install matplotlib)")
         return
     shapes = [f"{s['batch']}x{s['sequence']}" for s in report["results"]]
     backends = list(report["results"][0]["backends"]) if report["results"] else []
@@ -358,5 +514,8 @@ def write_report(report: dict, say: Progress, quiet: bool = False) -> None:
     ax.set_title(f"{report['model']}: {report['threads']} threads")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(base.with_suffix(".png"), dpi=110)
+    from .fileio import atomic_path
+
+    with atomic_path(base.with_name(base.name + ".png")) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
