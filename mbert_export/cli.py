@@ -404,30 +404,20 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=2, help="threads for every backend (default 2)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per backend and shape (default 2)")
     p.add_argument("--repeats", type=int, default=20, help="interleaved rounds per shape (default 20)")
-    p.add_argument("--budget", type=float, default=60.0, help="max seconds of timed rounds per shape")
+    p.add_argument("--budget", type=float, default=60.0,
+                   help="seconds of timed rounds per shape after which no new round starts (default 60; at least 3 "
+                        "rounds always run)")
     p.add_argument("--name", help="result file name (default bench-MODEL)")
     p.set_defaults(run=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .bench import run_benchmark
+    from .bench import parse_ints, parse_shapes, run_benchmark
 
-    def ints(text: str, option: str) -> list[int]:
-        try:
-            return [int(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"{option} {text!r}: expected comma-separated integers such as 1,8,32") from None
-
-    shapes = None
-    if args.shapes:
-        try:
-            shapes = [tuple(int(v) for v in item.lower().split("x")) for item in args.shapes.split(",") if item]
-        except ValueError:
-            raise ValueError(f"--shapes {args.shapes!r}: expected BATCHxSEQ items such as 1x128,8x128") from None
-        if any(len(shape) != 2 or min(shape) < 1 for shape in shapes):
-            raise ValueError(f"--shapes {args.shapes!r}: expected positive BATCHxSEQ items such as 1x128,8x128")
+    shapes = parse_shapes(args.shapes) if args.shapes else None
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
-    run_benchmark(args.model, backends=backends, batches=ints(args.batch, "--batch"), seqs=ints(args.seq, "--seq"),
+    run_benchmark(args.model, backends=backends, batches=parse_ints(args.batch, "--batch"),
+                  seqs=parse_ints(args.seq, "--seq"),
                   shapes=shapes, threads=args.threads, warmup=args.warmup, repeats=args.repeats, budget_s=args.budget,
                   name=args.name, progress=progress)
     return 0
