@@ -64,11 +64,24 @@ def test_onnxruntime_artifact_matches_the_reference(task_artifacts, reference_ca
 
 def test_a_damaged_artifact_fails_parity(task_artifacts, tmp_path):
     """The harness can fail: an artifact whose head weights differ from the checkpoint's."""
-    checkpoint, _ = task_artifacts("sequence-classification")
-    _, other = task_artifacts("nsp")  # same shapes and label count, different head weights
-    result = compare_checkpoint(checkpoint, other["fp32"], samples=8)
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    checkpoint, artifacts = task_artifacts("sequence-classification")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(artifacts["fp32"], damaged)
+    graph = onnx.load(str(damaged / "model.onnx"))
+    weight = next(t for t in graph.graph.initializer if t.name.endswith("classifier.weight"))
+    weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))  # the head flipped
+    onnx.save(graph, str(damaged / "model.onnx"))
+    result = compare_checkpoint(checkpoint, damaged, samples=8)
     assert not result["passed"]
     assert any("max abs" in f for r in result["rows"] for f in r["failures"])
+    _, other = task_artifacts("nsp")  # an artifact of another checkpoint's head: refused, not compared
+    with pytest.raises(ValueError, match="has no weights for the nsp head"):
+        compare_checkpoint(checkpoint, other["fp32"], samples=8)
 
 
 # ---------------------------------------------------------------------------- OpenVINO (CPU)

@@ -513,6 +513,13 @@ def test_client_edges_answer_as_in_process(python_server, runtimes):
         with pytest.raises(TritonRequestError, match=r"no answer at .* for the config of model 'mlm' within "
                                                      r"timeout=1e-06 s"):
             TritonMegatronBert(url, "mlm", protocol, timeout=1e-6)
+    with _client(python_server, "multiple-choice", "grpc") as choose:  # refused as in-process, word for word
+        local = runtimes["multiple-choice"]
+        for choices in ("blue", {"a": 1}):
+            with pytest.raises(Exception) as here:
+                local.multiple_choice("The sky is", choices)
+            with pytest.raises(type(here.value), match=re.escape(str(here.value))):
+                choose.multiple_choice("The sky is", choices)
     metrics = python_server.metrics_url.split("//")[-1].split("/")[0]
     with pytest.raises(TritonRequestError, match=f"no Triton HTTP endpoint answers at {metrics} .*is this its HTTP "
                                                  "port"):

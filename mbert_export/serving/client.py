@@ -234,6 +234,9 @@ class TritonMegatronBert:
             if value is None:  # the in-process method's own refusal
                 MegatronBertPipeline._texts(value, argument)
             if name in JSON_INPUTS:  # a list per row (multiple choice)
+                if single and not isinstance(value, (list, tuple)):  # the in-process method's refusals
+                    MegatronBertPipeline._texts(value, argument)
+                    raise ValueError(f"{method}() needs at least two choices")
                 rows = [value] if single else value
                 if not isinstance(rows, (list, tuple)) or not all(isinstance(r, (list, tuple)) for r in rows):
                     raise ValueError("with a list of prompts, choices must be a list of choice lists, one per prompt")
