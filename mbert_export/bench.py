@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -170,16 +171,32 @@ def artifact_folder(model: str, checkpoint: Path | None) -> Path:
 
 
 def weights_source(model, checkpoint: Path | None) -> dict:
-    """What a model's graphs are built from: its config and, for a checkpoint, the size and mtime of each
-    file in its folder (weights, tokenizer), so retrained or replaced weights are noticed."""
-    files = {}
+    """What a model's graphs are built from, so that graphs built from anything else are rebuilt: the
+    config; the checkpoint's files (size, mtime) or, for a preset's random weights (which follow torch's
+    generator and the model code), a sha256 of the weights; the INT8 recipe; the exporting libraries."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    from .build import DEFAULT_CALIBRATION_METHOD, DEFAULT_INT8_KEEP_FLOAT, DEFAULT_INT8_RESCORE
+
+    files, weights = {}, None
     if checkpoint is not None:
         for path in sorted(Path(checkpoint).iterdir()):
             if path.is_file() and path.suffix != ".md":
                 stat = path.stat()
                 files[path.name] = [stat.st_size, stat.st_mtime_ns]
+    else:
+        digest = hashlib.sha256()
+        for tensor in model.state_dict().values():
+            digest.update(memoryview(tensor.detach().contiguous().numpy()).cast("B"))
+        weights = digest.hexdigest()
+    recipe = {"calibration": DEFAULT_CALIBRATION_METHOD, "keep_float": list(DEFAULT_INT8_KEEP_FLOAT),
+              "rescore": list(DEFAULT_INT8_RESCORE)}
+    versions = {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
     return json.loads(json.dumps({"checkpoint": str(Path(checkpoint).resolve()) if checkpoint else None,
-                                  "config": model.config.to_dict(), "files": files}, default=str))
+                                  "config": model.config.to_dict(), "files": files, "weights_sha256": weights,
+                                  "int8_recipe": recipe, "versions": versions}, default=str))
 
 
 def prepare_graphs(model, name: str, checkpoint: Path | None, backends: Sequence[str], progress: Progress) -> dict:
@@ -431,14 +448,16 @@ def time_shapes(runners: dict, shapes: Sequence[tuple[int, int]], vocab_size: in
 
 @contextlib.contextmanager
 def stop_on_interrupt(name: str, report: dict, shapes: int) -> Iterator[None]:
-    """Ctrl-C inside the block ends the run with one line saying what was saved (no traceback)."""
+    """Ctrl-C inside the block says what was saved (one line on stderr), then goes on as KeyboardInterrupt
+    (the command line ends with status 130, no traceback; callers' own handlers still see it)."""
     try:
         yield
     except KeyboardInterrupt:
         done = len(report["results"])
         saved = (f"{done} of {shapes} shapes are saved in {RESULTS_DIR / name}.json and .md, marked partial "
                  '("complete": false)') if done else "nothing was saved"
-        raise SystemExit(f"interrupted: {saved}") from None
+        print(f"interrupted: {saved}", file=sys.stderr, flush=True)
+        raise
 
 
 def markdown_table(report: dict) -> str:

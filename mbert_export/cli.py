@@ -405,8 +405,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per backend and shape (default 2)")
     p.add_argument("--repeats", type=int, default=20, help="interleaved rounds per shape (default 20)")
     p.add_argument("--budget", type=float, default=60.0,
-                   help="seconds of timed rounds per shape after which no new round starts (default 60; at least 3 "
-                        "rounds always run)")
+                   help="seconds of timed rounds per shape after which no new round starts (default 60; at least "
+                        "min(3, --repeats) rounds always run)")
     p.add_argument("--name", help="result file name (default bench-MODEL)")
     p.set_defaults(run=run_bench)
 
@@ -651,8 +651,15 @@ def main(argv: list[str] | None = None, parser: argparse.ArgumentParser | None =
         code = args.run(args)
         sys.stdout.flush()  # a reader that has gone is found here, not at interpreter exit
         return code
+    except KeyboardInterrupt:  # Ctrl-C: what was left is said where it happened; no traceback
+        return 130
     except BrokenPipeError:  # stdout's reader stopped (`... | head`): end quietly, as other Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's documented recipe (signal docs)
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # Python's documented recipe (signal module docs)
+            os.close(devnull)
+        except (OSError, ValueError):  # stdout without a descriptor (an in-process caller's stream)
+            pass
         return 1
     except ModuleNotFoundError as exc:
         print(f"error: {exc.name} is not installed; install the CPU setup with "

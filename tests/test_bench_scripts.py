@@ -106,6 +106,16 @@ def test_cached_graphs_are_rebuilt_when_the_weights_change(dirs, tmp_path):
     with pytest.raises(Exporting):
         bench.prepare_graphs(model, str(checkpoint), checkpoint, ["ort-fp32"], progress)
     assert not graph.exists()
+    # A preset's random weights are fingerprinted themselves (another torch or model code draws others).
+    import torch
+
+    torch.manual_seed(0)
+    first = bench.weights_source(MegatronBertForMaskedLM(preset_config("tiny")).eval(), None)
+    torch.manual_seed(0)
+    assert bench.weights_source(MegatronBertForMaskedLM(preset_config("tiny")).eval(), None) == first
+    torch.manual_seed(1)
+    assert bench.weights_source(MegatronBertForMaskedLM(preset_config("tiny")).eval(), None) != first
+    assert first["versions"]["torch"] == torch.__version__ and first["int8_recipe"]["keep_float"]
 
 
 def test_bench_clips_long_sequences_the_same_way_for_seq_and_shapes(dirs):
@@ -122,15 +132,15 @@ def test_bench_clips_long_sequences_the_same_way_for_seq_and_shapes(dirs):
     assert "Partial results" not in (dirs / "results" / "t.md").read_text()
 
 
-def test_an_interrupted_bench_marks_what_it_saved_as_partial(dirs):
+def test_an_interrupted_bench_marks_what_it_saved_as_partial(dirs, capsys):
     def progress(message: str) -> None:
         if "shape 2 of 2" in message:
             raise KeyboardInterrupt
 
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(KeyboardInterrupt):  # still Ctrl-C for callers; the CLI ends with 130
         bench.run_benchmark("tiny", backends=["pytorch-fp32"], shapes=[(1, 8), (1, 16)], repeats=1, warmup=0,
                             name="t", progress=progress)
-    assert str(stop.value.code).startswith("interrupted: 1 of 2 shapes are saved in")
+    assert capsys.readouterr().err.startswith("interrupted: 1 of 2 shapes are saved in")
     saved = json.loads((dirs / "results" / "t.json").read_text())
     assert saved["complete"] is False and len(saved["results"]) == 1
     assert (dirs / "results" / "t.md").read_text().startswith(bench.PARTIAL_NOTE)
@@ -272,11 +282,18 @@ def test_convert_memory_torch_dist_refuses_zero_layers(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_ctrl_c_while_the_graphs_are_built_says_nothing_was_saved(dirs):
+def test_ctrl_c_while_the_graphs_are_built_says_nothing_was_saved(dirs, capsys, monkeypatch):
     def progress(message: str) -> None:
         if message.startswith("export:"):
             raise KeyboardInterrupt
 
-    with pytest.raises(SystemExit) as stop:
+    with pytest.raises(KeyboardInterrupt):
         bench.run_benchmark("tiny", backends=["ort-fp32"], shapes=[(1, 8)], repeats=1, name="t", progress=progress)
-    assert stop.value.code == "interrupted: nothing was saved" and not (dirs / "results" / "t.json").exists()
+    assert capsys.readouterr().err == "interrupted: nothing was saved\n"
+    assert not (dirs / "results" / "t.json").exists()
+    from mbert_export import cli  # the command line: status 130, no traceback
+
+    monkeypatch.setattr(cli, "progress", progress)
+    assert cli.main(["bench", "--model", "tiny", "--backends", "ort-fp32", "--shapes", "1x8", "--repeats", "1",
+                     "--name", "t"]) == 130
+    assert "Traceback" not in capsys.readouterr().err

@@ -294,6 +294,34 @@ def test_bad_repository_requests_write_nothing(artifacts, tmp_path):
     assert (theirs / "notes.txt").read_text() == "precious" and (theirs / "sub").is_dir()
 
 
+def test_weights_in_files_of_any_name_go_with_the_graph(artifacts, runtimes, tmp_path):
+    """A graph whose weights sit in w.bin (not model.onnx.data): both layouts copy them where the
+    graph names them, and the copies answer as the artifact does."""
+    import onnx
+    import onnxruntime
+
+    from mbert_export.runtime.artifact import MissingFileError
+    from mbert_export.serving.repository import write_repository
+    from mbert_export.serving.triton_models import ARTIFACT_DIR
+
+    folder = tmp_path / "mlm"
+    shutil.copytree(artifacts["mlm"], folder)
+    onnx.save_model(onnx.load(str(folder / "model.onnx")), str(folder / "model.onnx"), save_as_external_data=True,
+                    location="w.bin", size_threshold=1024)
+    python = write_repository([folder], tmp_path / "py", names=["mlm"])[0]
+    assert "w.bin" in python.files
+    copy = tmp_path / "py" / "mlm" / "1" / ARTIFACT_DIR
+    assert_same(OrtMegatronBert(copy).fill_mask(MLM_TEXTS[0]), runtimes["mlm"].fill_mask(MLM_TEXTS[0]))
+    entries = write_repository([folder], tmp_path / "ens", names=["mlm"], layout="ensemble")
+    model = next(e for e in entries if e.kind == "onnxruntime_onnx")
+    assert model.files == ["model.onnx", "w.bin"]
+    onnxruntime.InferenceSession(str(tmp_path / "ens" / model.name / "1" / "model.onnx"))  # its weights found
+    (folder / "w.bin").unlink()
+    with pytest.raises(MissingFileError, match="keeps weights in w.bin, which is not in"):
+        write_repository([folder], tmp_path / "gone", names=["mlm"])
+    assert not (tmp_path / "gone").exists()
+
+
 def test_bad_artifacts_and_options_get_their_own_errors(artifacts, tmp_path):
     """What is wrong is named (not a traceback, not "no TensorRT engine"), and nothing is destroyed."""
     from mbert_export.runtime import ArtifactError
@@ -481,14 +509,13 @@ def test_client_edges_answer_as_in_process(python_server, runtimes):
 
     local, want = runtimes["mlm"], runtimes["mlm"].fill_mask(MLM_TEXTS[0], top_k=3)
     for protocol in ("http", "grpc"):
-        url = python_server.http_url if protocol == "http" else python_server.grpc_url
         with _client(python_server, "mlm", protocol) as mlm:
             answers, errors = [], []
 
-            def work() -> None:  # HTTP: each thread gets its own connection (tritonclient's is not thread-safe)
+            def work() -> None:  # gRPC: shared; HTTP: refused at once (tritonclient's HTTP client is not thread-safe)
                 try:
                     answers.extend(mlm.fill_mask(MLM_TEXTS[0], top_k=3) for _ in range(5))
-                except Exception as exc:  # noqa: BLE001 - reported below
+                except Exception as exc:  # noqa: BLE001 - checked below
                     errors.append(exc)
 
             workers = [threading.Thread(target=work) for _ in range(4)]
@@ -496,9 +523,15 @@ def test_client_edges_answer_as_in_process(python_server, runtimes):
                 worker.start()
             for worker in workers:
                 worker.join(60)
-            assert not any(w.is_alive() for w in workers) and errors == [] and len(answers) == 20, protocol
-            for answer in answers:
-                assert_same(answer, want)
+            assert not any(w.is_alive() for w in workers), protocol
+            if protocol == "grpc":
+                assert errors == [] and len(answers) == 20
+                for answer in answers:
+                    assert_same(answer, want)
+            else:
+                assert answers == [] and len(errors) == 4 and all(
+                    isinstance(e, RuntimeError) and "belongs to the thread that made it" in str(e) for e in errors)
+                assert_same(mlm.fill_mask(MLM_TEXTS[0], top_k=3), want)  # its own thread: fine
             texts = ["A [MASK] returns a new list."] * (mlm.max_batch + 3)
             texts[mlm.max_batch + 1] = "There is no mask here."  # in the second piece the client sends
             with pytest.raises(ValueError, match=rf"^text\[{mlm.max_batch + 1}\] has no \[MASK\] token"):
@@ -510,9 +543,10 @@ def test_client_edges_answer_as_in_process(python_server, runtimes):
                 mlm.fill_mask(None)
             with pytest.raises(TypeError, match=r"option targets=\{'value'\}: a set cannot be sent to the server"):
                 mlm.fill_mask(MLM_TEXTS[1], targets={"value"})
-        with pytest.raises(TritonRequestError, match=r"no answer at .* for the config of model 'mlm' within "
-                                                     r"timeout=1e-06 s"):
-            TritonMegatronBert(url, "mlm", protocol, timeout=1e-6)
+    with _client(python_server, "mlm", "grpc") as mlm:  # gRPC took no timeout at all before: a call could hang
+        mlm.timeout = 1e-6  # a deadline gone before the request is sent
+        with pytest.raises(TritonRequestError, match=r"no answer at .* from model 'mlm' within timeout=1e-06 s"):
+            mlm.fill_mask(MLM_TEXTS[0])
     with _client(python_server, "multiple-choice", "grpc") as choose:  # refused as in-process, word for word
         local = runtimes["multiple-choice"]
         for choices in ("blue", {"a": 1}):
@@ -540,6 +574,8 @@ def test_python_server_stops_without_leftovers(python_server):
         with pytest.raises(TritonRequestError, match="no Triton HTTP endpoint answers|failed to connect"):
             client.statistics()
         client.close()
+        with pytest.raises(TritonRequestError, match="this client of model 'mlm' at .* was closed; make a new one"):
+            client.ready()
 
 
 # ---------------------------------------------------------------------------- ensemble layout
@@ -946,3 +982,13 @@ def test_client_names_an_unreachable_server():
         TritonMegatronBert(url, "mlm", timeout=5)
     with pytest.raises(TritonRequestError, match=f"cannot read the config of model 'mlm' at {url}: failed to connect"):
         TritonMegatronBert(url, "mlm", "grpc", timeout=5)
+    with socket.socket() as silent:  # takes connections and never answers: the timeout ends the wait
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"127.0.0.1:{silent.getsockname()[1]}"
+        for protocol in ("http", "grpc"):
+            start = time.monotonic()
+            with pytest.raises(TritonRequestError, match=f"no answer at {url} for the config of model 'mlm' within "
+                                                         r"timeout=0.5 s"):
+                TritonMegatronBert(url, "mlm", protocol, timeout=0.5)
+            assert time.monotonic() - start < 10, protocol

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..tasks import TASKS, Task
 
@@ -73,6 +73,32 @@ def _string_entry(data: bytes) -> tuple[str, str]:
     return values[1], values[2]
 
 
+def _fields(f, end: int) -> Iterator[tuple[int, int]]:
+    """(field number, length) of each field of the protobuf message from f's position to `end`; f is at
+    a length-delimited field's bytes when it is yielded (length -1 for the others, already skipped) and
+    is moved past them afterwards, whether the caller read them or not."""
+    while f.tell() < end:
+        tag = _varint(f)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            _varint(f)
+        elif wire == 1:
+            f.seek(8, 1)
+        elif wire == 5:
+            f.seek(4, 1)
+        elif wire != 2:
+            raise ValueError(f"wire type {wire}")
+        if wire != 2:
+            yield number, -1
+        else:
+            n = _varint(f)
+            start = f.tell()
+            yield number, n
+            f.seek(start + n)
+        if f.tell() > end:
+            raise EOFError
+
+
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `metadata_props` of an ONNX model file, without loading the graph or the weights."""
     path = Path(path)
@@ -80,28 +106,11 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     seen: set[int] = set()
     try:
         with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            while f.tell() < size:
-                tag = _varint(f)
-                number, wire = tag >> 3, tag & 7
+            for number, n in _fields(f, os.fstat(f.fileno()).st_size):
                 seen.add(number)
-                if wire == 0:
-                    _varint(f)
-                elif wire == 1:
-                    f.seek(8, 1)
-                elif wire == 5:
-                    f.seek(4, 1)
-                elif wire == 2:
-                    n = _varint(f)
-                    if number == 14:  # ModelProto.metadata_props
-                        key, value = _string_entry(f.read(n))
-                        props[key] = value
-                    else:
-                        f.seek(n, 1)
-                else:
-                    raise ValueError(f"wire type {wire}")
-                if f.tell() > size:
-                    raise EOFError
+                if number == 14:  # ModelProto.metadata_props
+                    key, value = _string_entry(f.read(n))
+                    props[key] = value
     except OSError as exc:
         raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (EOFError, ValueError, UnicodeDecodeError):
@@ -109,6 +118,32 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     if 7 not in seen:  # ModelProto.graph
         raise ArtifactError(f"{path} is not an ONNX model (no graph in it)")
     return props
+
+
+def external_data_locations(path: str | os.PathLike) -> list[str]:
+    """The files (relative to the graph) its initializers keep their data in, from the graph file alone:
+    ModelProto.graph (7) -> GraphProto.initializer (5) -> TensorProto.external_data (13) entries keyed
+    "location". Read by hand, like the metadata, because the runtime does not need the onnx package;
+    weights stored in the graph file are skipped over, not read."""
+    locations: dict[str, None] = {}
+    try:
+        with open(path, "rb") as f:
+            for number, n in _fields(f, os.fstat(f.fileno()).st_size):
+                if number != 7:
+                    continue
+                for field, m in _fields(f, f.tell() + n):
+                    if field != 5:
+                        continue
+                    for entry, k in _fields(f, f.tell() + m):
+                        if entry == 13:
+                            key, value = _string_entry(f.read(k))
+                            if key == "location":
+                                locations[value] = None
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (EOFError, ValueError, UnicodeDecodeError):
+        raise ArtifactError(f"{path} is not a valid ONNX model file (truncated or another format)") from None
+    return list(locations)
 
 
 # ---------------------------------------------------------------------------- the artifact

@@ -6,9 +6,9 @@
 Each method has the signature and return value of the in-process method (`MegatronBertPipeline`);
 the server runs that very method (layout python) or its tokenization and post-processing around
 the graph (ensemble). Options not given take the model's config defaults. A request the server
-refuses raises `TritonRequestError` (a ValueError) with the server's message. One object may be
-shared by threads: over HTTP each thread gets its own connection (tritonclient's HTTP client is not
-thread-safe); gRPC's client is.
+refuses raises `TritonRequestError` (a ValueError) with the server's message. Over gRPC one object
+may be shared by threads; over HTTP it belongs to the thread that made it (tritonclient's HTTP client
+is not thread-safe): make one per thread.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from ..runtime.pipeline import MegatronBertPipeline, wrong_task_error
 from ..tasks import get_task
-from .interface import JSON_INPUTS, METHOD, METHOD_INPUTS, RESULT, encode_option
+from .interface import JSON_INPUTS, METHOD, METHOD_INPUTS, OPTIONAL_ARGUMENTS, RESULT, encode_option
 
 __all__ = ["TritonMegatronBert", "TritonRequestError"]
 
@@ -117,9 +117,11 @@ class TritonMegatronBert:
         self._module, self._server_error = _import(protocol)
         self.url, self.name, self.protocol, self.model_version = url, name, protocol, model_version
         self.timeout = float(timeout)
-        self._local, self._clients, self._lock = threading.local(), [], threading.Lock()
+        self._owner, self._closed = threading.get_ident(), False
+        options = {"network_timeout": self.timeout, "connection_timeout": self.timeout} if protocol == "http" else {}
+        self._client = self._module.InferenceServerClient(url, **options)
         try:
-            config = self._plain(self._request(self.client.get_model_config, name, model_version,
+            config = self._plain(self._request(self._client.get_model_config, name, model_version,
                                                what=f"the config of model {name!r}"))
         except TritonRequestError:
             self.close()
@@ -141,19 +143,15 @@ class TritonMegatronBert:
 
     @property
     def client(self):
-        """tritonclient's client for this thread (HTTP: one per thread, as it is not thread-safe; gRPC: one)."""
-        key = self._local if self.protocol == "http" else self
-        client = getattr(key, "_triton_client", None)
-        if client is None:
-            options = ({"network_timeout": self.timeout, "connection_timeout": self.timeout}
-                       if self.protocol == "http" else {})
-            with self._lock:
-                client = getattr(key, "_triton_client", None)
-                if client is None:
-                    client = self._module.InferenceServerClient(self.url, **options)
-                    key._triton_client = client
-                    self._clients.append(client)
-        return client
+        """tritonclient's client; over HTTP only in the thread that made this object (it is not thread-safe,
+        and a call from another thread could hang for good inside it)."""
+        if self._closed:
+            raise TritonRequestError(f"this client of model {self.name!r} at {self.url} was closed; make a new one")
+        if self.protocol == "http" and threading.get_ident() != self._owner:
+            raise RuntimeError("a TritonMegatronBert over HTTP belongs to the thread that made it (tritonclient's "
+                               "HTTP client is not thread-safe): make one per thread, or use protocol='grpc', "
+                               "whose client threads may share")
+        return self._client
 
     def _request(self, call: Callable, *args, what: str, **kwargs) -> Any:
         """`call` with the timeout; server errors, timeouts and a missing server as `TritonRequestError`."""
@@ -171,8 +169,10 @@ class TritonMegatronBert:
             raise TritonRequestError(self._late(what)) from None
         except _CONNECTION_ERRORS as exc:
             raise TritonRequestError(_unreachable(self.url, self.protocol, exc)) from exc
-        except ValueError as exc:  # the HTTP client parsing an answer that is not Triton's JSON (another port)
-            raise TritonRequestError(_unreachable(self.url, self.protocol, exc)) from exc
+        except ValueError as exc:
+            if self.protocol == "http" and type(exc).__name__ == "JSONDecodeError":  # an answer not Triton's JSON
+                raise TritonRequestError(_unreachable(self.url, self.protocol, exc)) from exc
+            raise
 
     def _late(self, what: str) -> str:
         asked = f"from model {self.name!r}" if what == "infer" else f"for {what}"
@@ -180,10 +180,9 @@ class TritonMegatronBert:
                 "pass a larger timeout")
 
     def close(self) -> None:
-        with self._lock:
-            clients, self._clients = self._clients, []
-        for client in clients:
-            client.close()
+        if not self._closed:
+            self._closed = True
+            self._client.close()
 
     def __enter__(self):
         return self
@@ -193,8 +192,6 @@ class TritonMegatronBert:
 
     @staticmethod
     def _required(method: str) -> list[str]:
-        from .interface import OPTIONAL_ARGUMENTS
-
         return [n for a, n in METHOD_INPUTS[method].items() if (method, a) not in OPTIONAL_ARGUMENTS]
 
     def _plain(self, response: Any) -> dict[str, Any]:
@@ -203,8 +200,9 @@ class TritonMegatronBert:
 
     def ready(self) -> bool:
         """Whether the model is ready; False also when the server does not answer."""
+        client = self.client
         try:
-            return bool(self._request(self.client.is_model_ready, self.name, self.model_version,
+            return bool(self._request(client.is_model_ready, self.name, self.model_version,
                                       what="the model's readiness"))
         except TritonRequestError:
             return False
@@ -225,8 +223,6 @@ class TritonMegatronBert:
         """Input tensor name -> one string per row, and whether the call was for a single item."""
         columns: dict[str, list[str]] = {}
         single = None
-        from .interface import OPTIONAL_ARGUMENTS
-
         for argument, name in METHOD_INPUTS[method].items():
             value = arguments.pop(argument, None)
             if value is None and (method, argument) in OPTIONAL_ARGUMENTS:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from ..fileio import atomic_dir
 from ..runtime.artifact import (ENGINE_FILE, MAX_DIM, RUNTIME_BACKENDS, Artifact, ArtifactError, MissingFileError,
-                                built_backend, is_int_between, open_artifact)
+                                built_backend, external_data_locations, is_int_between, open_artifact)
 from ..runtime.pipeline import DEFAULT_MAX_BATCH
 from ..tasks import Task
 from .interface import RESULT, task_defaults, task_inputs
@@ -192,14 +192,27 @@ def _python_model(folder: Path, cls: str, layout: str, config: str) -> None:
     _bundle_package(version)
 
 
-def _artifact_files(artifact: Artifact) -> list[Path]:
-    files = [p for p in (artifact.onnx_path, artifact.engine_path) if p is not None]
-    if artifact.onnx_path is not None:
-        data = artifact.onnx_path.with_name(artifact.onnx_path.name + ".data")
-        files += [data] if data.is_file() else []
+def _graph_data(artifact: Artifact) -> dict[Path, str]:
+    """The files the graph keeps weights in (whatever their names) -> their path as the graph names them."""
+    if artifact.onnx_path is None:
+        return {}
+    folder, data = artifact.onnx_path.parent, {}
+    for location in external_data_locations(artifact.onnx_path):
+        if not (folder / location).is_file():
+            raise MissingFileError(f"{artifact.onnx_path} keeps weights in {location}, which is not in {folder}; "
+                                   "copy the whole artifact folder, or re-export it")
+        data[folder / location] = location
+    return data
+
+
+def _artifact_files(artifact: Artifact) -> dict[Path, str]:
+    """Every file a runtime needs -> its path inside the artifact copy (external data keeps the place the
+    graph names)."""
+    files = {p: p.name for p in (artifact.onnx_path, artifact.engine_path) if p is not None}
+    files.update(_graph_data(artifact))
     sidecar = artifact.folder / "build.json"
-    files += [sidecar] if sidecar.is_file() else []
-    return files + list(artifact.tokenizer_files)
+    files.update({sidecar: sidecar.name} if sidecar.is_file() else {})
+    return files | {p: p.name for p in artifact.tokenizer_files}
 
 
 # ---------------------------------------------------------------------------- the models
@@ -297,10 +310,10 @@ def _write_python_layout(root: Path, name: str, artifact: Artifact, options: dic
     _python_model(folder, "RuntimeModel", "python", config)
     files = _artifact_files(artifact)
     if not use_trt and artifact.engine_path is not None:
-        files.remove(artifact.engine_path)
-    for src in files:
-        _link_or_copy(src, folder / "1" / ARTIFACT_DIR / src.name)
-    return [ModelEntry(name, "python", config, [p.name for p in files], runtime=backend)]
+        del files[artifact.engine_path]
+    for src, place in files.items():
+        _link_or_copy(src, folder / "1" / ARTIFACT_DIR / place)
+    return [ModelEntry(name, "python", config, list(files.values()), runtime=backend)]
 
 
 def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: dict[str, Any]) -> list[ModelEntry]:
@@ -376,24 +389,21 @@ def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: d
     written = []
     for model_name, kind, text, cls in entries:
         folder = root / model_name
+        files: dict[Path, str] = {}  # source -> its place in the model's version folder
         if cls:
             _python_model(folder, cls, "ensemble", text)
             (folder / "1" / ARTIFACT_INFO).write_text(json.dumps(artifact_info(artifact), indent=1), encoding="utf-8")
-            files = list(artifact.tokenizer_files)
-            for src in files:
-                _link_or_copy(src, folder / "1" / src.name)
+            files = {p: p.name for p in artifact.tokenizer_files}
         else:
             (folder / "1").mkdir(parents=True)
             (folder / "config.pbtxt").write_text(text, encoding="utf-8")
-            files = []
             if kind == "tensorrt_plan":
-                files = [artifact.engine_path]
-                _link_or_copy(artifact.engine_path, folder / "1" / "model.plan")
-            elif kind == "onnxruntime_onnx":
-                files = [p for p in _artifact_files(artifact) if p.name.startswith(artifact.onnx_path.name)]
-                for src in files:
-                    _link_or_copy(src, folder / "1" / src.name.replace(artifact.onnx_path.name, "model.onnx", 1))
-        written.append(ModelEntry(model_name, kind, text, [p.name for p in files]))
+                files = {artifact.engine_path: "model.plan"}
+            elif kind == "onnxruntime_onnx":  # Triton's name for the graph; its weights where it names them
+                files = {artifact.onnx_path: "model.onnx", **_graph_data(artifact)}
+        for src, place in files.items():
+            _link_or_copy(src, folder / "1" / place)
+        written.append(ModelEntry(model_name, kind, text, list(files.values())))
     return written
 
 

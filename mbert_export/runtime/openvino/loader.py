@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import mmap
 import numbers
+import os
 import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..artifact import external_data_locations
 
 #: Inference precisions accepted -> OpenVINO's names; the CPU capability each needs.
 INFERENCE_PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
@@ -74,37 +75,6 @@ def resolve_inference_precision(requested: str | None, capabilities: list[str]) 
     return name
 
 
-#: How protobuf encodes an ONNX external tensor's `{key: "location", value: PATH}` entry: field 1 "location"
-#: (tag 0x0A, length 8), then field 2 (tag 0x12) with a varint length and the path.
-_LOCATION_ENTRY = re.compile(rb"\x0a\x08location\x12")
-
-
-def external_data_files(onnx_path: Path) -> list[Path]:
-    """The files an ONNX graph keeps tensor data in (any names, one per tensor or shared), sorted.
-
-    Read from the graph file's bytes by hand because the runtime must not need the onnx package
-    (numpy + tokenizers + one backend); only the entries' wire format above is decoded.
-    """
-    found = set()
-    with open(onnx_path, "rb") as handle:
-        if os.fstat(handle.fileno()).st_size == 0:
-            return []
-        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for match in _LOCATION_ENTRY.finditer(data):
-                length, shift, at = 0, 0, match.end()
-                while at < len(data) and shift < 35:  # varint: 7 bits per byte, high bit = more
-                    byte = data[at]
-                    length |= (byte & 0x7F) << shift
-                    at, shift = at + 1, shift + 7
-                    if not byte & 0x80:
-                        break
-                location = bytes(data[at:at + length]).decode("utf-8", "replace")
-                path = onnx_path.parent / location
-                if location and path.is_file():
-                    found.add(path)
-    return sorted(found)
-
-
 #: Words of the CPU plugin's errors about a compile setting (unknown key, wrong value).
 _OPTION_ERROR = re.compile(r"Unsupported property|for property key|Could not read .* from str")
 
@@ -119,7 +89,8 @@ def _positive_int(value: Any, name: str) -> int:
 def graph_sha256(onnx_path: Path) -> str:
     """sha256 over the graph file and every external-data file it names (their names included)."""
     digest = hashlib.sha256()
-    for path in (onnx_path, *external_data_files(onnx_path)):
+    external = [onnx_path.parent / name for name in external_data_locations(onnx_path)]
+    for path in (onnx_path, *sorted(p for p in external if p.is_file())):
         digest.update(path.name.encode() + b"\0")
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
