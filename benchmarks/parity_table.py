@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from demo_heads import GRAPHS, OPENVINO_ROWS, PARITY_SAMPLES, TaskArtifacts  # noqa: E402
 
-from mbert_export.bench import check_name, check_results_writable, save_results  # noqa: E402
+from mbert_export.bench import check_results_writable, save_results  # noqa: E402
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 from mbert_export.parity import POOLED_TEXT, compare_checkpoint  # noqa: E402
 from mbert_export.tasks import TASKS  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         backends = choices(args.backends, BACKENDS, "--backends")
         tasks = choices(args.tasks, tuple(TASKS), "--tasks")
-        check_results_writable(check_name(args.name), suffixes=(".json", ".md"))
+        check_results_writable(args.name, suffixes=(".json", ".md"))
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
     rows = [row for row in ROWS if row[0] in backends]

@@ -475,7 +475,8 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
     model = load_model_for_task(checkpoint, task, allow_random_head=allow_random_head, progress=say)
     config = model.config
     tokenizer = model_tokenizer(None, config, checkpoint)  # None (no tokenizer files): random ids
-    if reads_text(tokenizer, task) and (precision != "fp32" or backend == "openvino"):  # the corpus files read below
+    checked = precision != "fp32" or backend == "openvino"  # judged against the FP32 graph on held-out text
+    if reads_text(tokenizer, task) and checked:  # the corpus files read below
         from .calibration import corpus_path
 
         calibrates = precision == "int8" and recipe == "qdq" and calibration is None
@@ -521,7 +522,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
             if kept:
                 say(f"int8: kept in float: {', '.join(kept)}")
         accuracy: dict = {}
-        if precision != "fp32" or backend == "openvino":
+        if checked:
             runs_on = ("ONNX Runtime" if backend != "openvino"
                        else f"OpenVINO at inference precision {inference_precision}")
             say(f"build: checking the {precision} graph on {runs_on} against the FP32 graph on ONNX Runtime")

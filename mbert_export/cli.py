@@ -357,8 +357,8 @@ def run_compare(args: argparse.Namespace) -> int:
         raise ValueError("--artifact and --reference-artifact are the same graph: comparing it with itself checks "
                          "nothing; pass the artifact to judge and the one to judge it against")
     backend = _resolve_backend(args.artifact, args.backend)
-    _check_inference_precision(backend, args.inference_precision)
     if args.checkpoint:
+        _check_inference_precision(backend, args.inference_precision)
         from .parity import compare_checkpoint, parity_markdown
 
         result = compare_checkpoint(args.checkpoint, args.artifact, samples=args.samples or 32, backend=backend,
@@ -585,10 +585,11 @@ def run_serve(args: argparse.Namespace) -> int:
                 status = server.stop()
         finally:
             signal.signal(signal.SIGTERM, previous)
-        if status is not None and status < 0:  # killed by a signal: a crash (or our SIGKILL after the timeout)
+        if status is not None and status < 0:  # ended by a signal: a crash, or our SIGKILL after the timeout
             name = signal.Signals(-status).name if -status in signal.valid_signals() else str(-status)
-            print(f"error: tritonserver ended by signal {-status} ({name}) instead of exiting; the end of its log:\n"
-                  f"{server.log()}", file=sys.stderr)
+            how = ("did not stop within 30 s of SIGTERM and was killed" if server.killed else
+                   f"crashed (signal {-status}, {name}) instead of exiting")
+            print(f"error: tritonserver {how}; the end of its log:\n{server.log()}", file=sys.stderr)
             return 1
         progress(f"serve: tritonserver stopped (status {status})")
         return 0 if interrupted else 1

@@ -347,6 +347,10 @@ def test_next_sentence_multiple_choice_and_embed_match_transformers(build, token
     ours = nsp.runtime.next_sentence(a, b)
     for result, p in zip(ours, probs):
         assert result["is_next"] == bool(p[0] >= p[1]) and _close(result["score"], p.max())
+    with pytest.raises(TypeError, match="b must be a str or a list of str, got NoneType"):
+        nsp.runtime.next_sentence(a[0], None)  # as the Triton client refuses it: NSP judges a pair
+    with pytest.raises(ValueError, match=r"text\[1\] holds '\\ud800' at position 2, half of a UTF-16 surrogate"):
+        build("mlm").runtime.fill_mask(["a [MASK].", "a \ud800 [MASK]"])  # a lone surrogate: not text
 
     mc = build("multiple-choice")
     hf = _hf_twin(mc, "MegatronBertForMultipleChoice")
@@ -657,7 +661,7 @@ def test_unreadable_reference_files_are_named_not_tracebacks(build, tmp_path):
         rt.verify(tmp_path / "array.npy")
 
 
-def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):
+def test_verify_uses_precision_thresholds_and_compare(build, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     source = build("mlm").folder
     fp16 = tmp_path / "fp16"
@@ -678,7 +682,9 @@ def test_verify_uses_precision_thresholds_and_compare(build, tmp_path):
     for argv, message in (([str(source), "--report", str(tmp_path / "r.md")], "name the .json file to write"),
                           ([str(source)], "are the same graph: comparing it with itself checks nothing")):
         assert cli_main(["compare", "--artifact", str(source / "model.onnx"), "--reference-artifact", *argv]) == 2
+    capsys.readouterr()
     assert cli_main(["compare", "--artifact", str(fp16), "--reference-artifact", str(source), "--samples", "4"]) == 2
+    assert "--samples applies to --checkpoint" in capsys.readouterr().err
     with pytest.raises(ValueError, match="holds reference vectors of task 'sequence-classification', but .* is a "
                                          "'mlm' artifact: pass its own reference.npz"):
         build("mlm").runtime.verify(build("sequence-classification").folder / "reference.npz")

@@ -196,7 +196,7 @@ def test_bad_settings_are_clear_errors(mlm):
     with pytest.raises(TypeError, match="config must be a dict of OpenVINO properties"):
         OvMegatronBert(mlm, config=["x"], cache_dir=False)
     for streams in (-3, "abc", True, 2.5):
-        with pytest.raises(ValueError, match="num_streams must be a positive integer"):
+        with pytest.raises(ValueError, match=r"num_streams \(or .auto.\) must be a positive integer"):
             OvMegatronBert(mlm, num_streams=streams, cache_dir=False)
     for config, said in (({"NOT_A_KEY": 1}, "Unsupported property NOT_A_KEY"),
                          ({"PERFORMANCE_HINT": "X"}, "for property key PERFORMANCE_HINT")):
@@ -209,6 +209,8 @@ def test_bad_settings_are_clear_errors(mlm):
             OvMegatronBert(mlm, cache_dir=folder)
     with OvMegatronBert(mlm, threads=np.int64(1), num_streams=np.int64(1), cache_dir=False) as numpy_ints:
         assert "1 threads" in numpy_ints.backend.describe()
+    with OvMegatronBert(mlm, num_streams="auto", cache_dir=False) as auto:  # OpenVINO's own choice
+        assert auto.run(_feeds(1, 5))["logits"].shape[:2] == (1, 5)
 
 
 def test_a_graph_openvino_cannot_compile_names_the_node(mlm, tmp_path):

@@ -992,3 +992,18 @@ def test_client_names_an_unreachable_server():
                                                          r"timeout=0.5 s"):
                 TritonMegatronBert(url, "mlm", protocol, timeout=0.5)
             assert time.monotonic() - start < 10, protocol
+
+
+def test_stop_kills_a_server_that_ignores_sigterm_and_says_so(tmp_path):
+    """stop(): SIGTERM, then SIGKILL to the group after the timeout; `killed` tells serve which it was."""
+    from mbert_export.serving.server import TritonServer
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, "
+                                 "signal.SIG_IGN); print('up', flush=True); time.sleep(60)"],
+                                stdout=subprocess.PIPE, start_new_session=True)
+    assert stubborn.stdout.readline() == b"up\n"  # its SIGTERM handler is set
+    server = TritonServer(stubborn, 1, 2, 3, "127.0.0.1", tmp_path, tmp_path / "log", owns_workdir=False)
+    start = time.monotonic()
+    assert server.stop(timeout=1) == -9 and server.killed and time.monotonic() - start < 15
+    assert server.processes() == []
+    stubborn.stdout.close()

@@ -429,7 +429,9 @@ class MegatronBertPipeline:
         self._require("next_sentence")
         self._tokenizer_for("next_sentence")
         first, single = self._texts(a, "a")
-        second = self._pairs(first, single, b, "b") if b is not None else self._texts(b, "b")  # b is required
+        if b is None:  # the sentence judged as following `a`: required
+            raise TypeError("b must be a str or a list of str, got NoneType (next_sentence judges whether b follows a)")
+        second = self._pairs(first, single, b, "b")
         name = "seq_relationship_logits" if "seq_relationship_logits" in self.task.outputs else "logits"
         logits = self._infer(self._model_inputs(self._encode(first, second, truncation)), trim=True)[name]
         probs = post.softmax(logits)

@@ -228,6 +228,7 @@ class TritonServer:
     def __init__(self, process: subprocess.Popen, http_port: int, grpc_port: int, metrics_port: int, host: str,
                  workdir: Path, log_path: Path, owns_workdir: bool):
         self.process, self.host = process, host
+        self.killed = False  # stop() had to SIGKILL it (it did not end within its timeout)
         self.http_port, self.grpc_port, self.metrics_port = http_port, grpc_port, metrics_port
         self.workdir, self.log_path, self._owns_workdir = workdir, log_path, owns_workdir
 
@@ -318,6 +319,7 @@ class TritonServer:
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.killed = True
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.pid, signal.SIGKILL)
                 self.process.wait(10)

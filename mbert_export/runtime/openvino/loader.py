@@ -165,8 +165,9 @@ def compile_graph(onnx_path: str | os.PathLike, *, inference_precision: str | No
     options: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint}
     if threads is not None:
         options["INFERENCE_NUM_THREADS"] = _positive_int(threads, "threads")
-    if num_streams is not None:
-        options["NUM_STREAMS"] = _positive_int(num_streams, "num_streams")
+    if num_streams is not None:  # a count, or OpenVINO's own choice
+        auto = isinstance(num_streams, str) and num_streams.upper() == "AUTO"
+        options["NUM_STREAMS"] = "AUTO" if auto else _positive_int(num_streams, "num_streams (or 'auto')")
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"config must be a dict of OpenVINO properties, e.g. {{'PERFORMANCE_HINT': 'LATENCY'}}, "
                         f"got {type(config).__name__}")
