@@ -173,8 +173,13 @@ class _PythonModel:
         return self.pb.InferenceResponse(output_tensors=[self.pb.Tensor(RESULT, rows)])
 
     def fail(self, exc: BaseException):
-        message = str(exc) if isinstance(exc, (ValueError, TypeError)) else f"{type(exc).__name__}: {exc}"
-        return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(message))
+        """The error response of one request: bad input (ValueError, TypeError) as INVALID_ARG, so that
+        clients get HTTP 400 / gRPC INVALID_ARGUMENT; anything else as INTERNAL with its type."""
+        bad_input = isinstance(exc, (ValueError, TypeError))
+        message = str(exc) if bad_input else f"{type(exc).__name__}: {exc}"
+        code = getattr(self.pb.TritonError, "INVALID_ARG" if bad_input else "INTERNAL", None)  # older stubs: none
+        error = self.pb.TritonError(message) if code is None else self.pb.TritonError(message, code)
+        return self.pb.InferenceResponse(output_tensors=[], error=error)
 
     def finalize(self) -> None:
         self.pipeline.close()
