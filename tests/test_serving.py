@@ -1008,3 +1008,47 @@ def test_stop_kills_a_server_that_ignores_sigterm_and_says_so(tmp_path):
     assert server.stop(timeout=1) == -9 and server.killed and time.monotonic() - start < 15
     assert server.processes() == []
     stubborn.stdout.close()
+
+
+def test_ensemble_steps_pass_the_graphs_own_integer_type(artifacts, runtimes, tmp_path, monkeypatch):
+    """A graph taking int32 ids (e.g. one re-exported for TensorRT): tokenize emits int32, as the middle
+    model's config and postprocess expect (Triton refuses an ensemble whose steps disagree)."""
+    _tritonclient()
+    import onnx
+    import onnxruntime
+    from google.protobuf import json_format
+    from onnx import TensorProto, helper
+
+    from mbert_export.serving.repository import parse_config, write_repository
+    from mbert_export.serving.triton_models import TokenizeModel
+
+    folder = tmp_path / "mlm32"
+    shutil.copytree(artifacts["mlm"], folder)
+    graph = onnx.load(str(folder / "model.onnx"))
+    names = [value.name for value in graph.graph.input]  # int32 inputs, cast to the int64 it computes with
+    for node in graph.graph.node:
+        node.input[:] = [f"{i}_int64" if i in names else i for i in node.input]
+    for name in names:
+        graph.graph.node.insert(0, helper.make_node("Cast", [name], [f"{name}_int64"], to=TensorProto.INT64))
+    for value in graph.graph.input:
+        value.type.tensor_type.elem_type = TensorProto.INT32
+    onnx.save(graph, str(folder / "model.onnx"))
+    (folder / "build.json").unlink(missing_ok=True)
+    entries = {e.name: e for e in write_repository([folder], tmp_path / "repo", names=["m"], layout="ensemble")}
+    configs = {name: parse_config(e.config) for name, e in entries.items()}
+    int32 = configs["m_model"].input[0].data_type
+    assert {t.name: t.data_type for t in configs["m_tokenize"].output} == {t.name: t.data_type
+                                                                          for t in configs["m_model"].input}
+    assert next(t.data_type for t in configs["m_postprocess"].input if t.name == "input_ids") == int32
+    monkeypatch.setitem(__import__("sys").modules, "triton_python_backend_utils", _fake_pb_utils())
+    tokenize = TokenizeModel()
+    tokenize.initialize({"model_config": json_format.MessageToJson(configs["m_tokenize"],
+                                                                   preserving_proto_field_name=True),
+                         "model_repository": str(tmp_path / "repo" / "m_tokenize"), "model_version": "1"})
+    [response] = tokenize.execute([_FakeRequest([MLM_TEXTS[0]])])
+    feeds = {t.name: t.as_numpy() for t in response.output_tensors}
+    assert all(v.dtype == np.int32 for v in feeds.values())
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
+    logits = session.run(["logits"], feeds)[0]
+    reference = runtimes["mlm"].run({k: v.astype(np.int64) for k, v in feeds.items()})["logits"]
+    np.testing.assert_allclose(logits, reference, atol=1e-5)

@@ -349,7 +349,7 @@ def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: d
     # tokenize
     config = (f"name: {_q(names['tokenize'])}\nbackend: \"python\"\nmax_batch_size: {max_batch}\n"
               + _tensors("input", text_inputs)
-              + _tensors("output", [_tensor(n, "TYPE_INT64", d) for n, _, d in ins])
+              + _tensors("output", [_tensor(n, t, d) for n, t, d in ins])  # the graph's own types
               + _scheduling(max_batch, sched[0], "KIND_CPU", *sched[1:])
               + _parameters({**params, "sequence_bucket": str(options["sequence_bucket"])}))
     entries.append((names["tokenize"], "python", config, "TokenizeModel"))
@@ -361,9 +361,9 @@ def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: d
               + _scheduling(max_batch, sched[0], "KIND_GPU" if use_trt else "KIND_CPU", *sched[1:]))
     entries.append((names["model"], platform, config, None))
     # postprocess
-    ids_dims = next(d for n, _, d in ins if n == "input_ids")
+    ids_type, ids_dims = next((t, d) for n, t, d in ins if n == "input_ids")
     config = (f"name: {_q(names['postprocess'])}\nbackend: \"python\"\nmax_batch_size: {max_batch}\n"
-              + _tensors("input", text_inputs + [_tensor("input_ids", "TYPE_INT64", ids_dims)]
+              + _tensors("input", text_inputs + [_tensor("input_ids", ids_type, ids_dims)]
                          + [_tensor(n, t, d) for n, t, d in outs])
               + _tensors("output", [_tensor(RESULT, "TYPE_STRING", [1])])
               + _scheduling(max_batch, sched[0], "KIND_CPU", *sched[1:])

@@ -257,7 +257,8 @@ class RuntimeModel(_PythonModel):
 
 # ---------------------------------------------------------------------------- layout "ensemble"
 class TokenizeModel(_PythonModel):
-    """Text in, the graph's int64 inputs out, padded to a multiple of `sequence_bucket` tokens.
+    """Text in, the graph's inputs out (int64 or int32, as its config says), padded to a multiple of
+    `sequence_bucket` tokens.
 
     The bucket lets the middle model's dynamic batcher join requests of similar length (Triton
     batches only requests of equal shapes).
@@ -267,6 +268,8 @@ class TokenizeModel(_PythonModel):
         artifact = load_artifact_info(self.folder)
         self.pipeline = _CapturePipeline(_GraphNames(self.task), artifact)
         self.bucket = max(1, int(self.parameters.get("sequence_bucket", "16") or 16))
+        types = {o["name"]: o.get("data_type") for o in self.model_config.get("output", [])}
+        self.dtypes = {n: np.int32 if types.get(n) == "TYPE_INT32" else np.int64 for n in self.task.inputs}
 
     def execute(self, requests):
         responses = []
@@ -282,7 +285,7 @@ class TokenizeModel(_PythonModel):
                 padded = min(self.pipeline.max_seq_len, -(-length // self.bucket) * self.bucket)
                 tensors = []
                 for name in self.task.inputs:
-                    value = np.asarray(feeds[name][..., :length], dtype=np.int64)
+                    value = np.asarray(feeds[name][..., :length], dtype=self.dtypes[name])
                     fill = self.pipeline.tokenizer.pad_token_id if name == "input_ids" else 0
                     value = np.pad(value, [(0, 0)] * (value.ndim - 1) + [(0, padded - length)], constant_values=fill)
                     tensors.append(self.pb.Tensor(name, np.ascontiguousarray(value)))
