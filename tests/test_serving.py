@@ -641,6 +641,30 @@ def test_a_model_that_fails_to_load_is_named_first(server_env, artifacts, tmp_pa
 
 
 
+def test_an_ensemble_triton_refuses_is_named_with_its_reason(server_env, artifacts, tmp_path):
+    """Triton refuses an ensemble whose steps disagree in a log line, not in its model table: that line
+    leads the error. The mismatch is planted in a config the writer made (the stand-in as middle model)."""
+    from mbert_export.serving.repository import write_repository
+    from mbert_export.serving.server import ServerError, start_server
+
+    repository = tmp_path / "repository"
+    write_repository([artifacts["mlm"]], repository, names=["mlm"], layout="ensemble", instances=1)
+    model = repository / "mlm_model"
+    (model / "config.pbtxt").write_text((model / "config.pbtxt").read_text().replace(
+        'platform: "onnxruntime_onnx"', 'backend: "python"'))
+    shutil.copyfile(STANDIN, model / "1" / "model.py")
+    tokenize = repository / "mlm_tokenize" / "config.pbtxt"
+    tokenize.write_text(tokenize.read_text().replace('name: "input_ids" data_type: TYPE_INT64',
+                                                     'name: "input_ids" data_type: TYPE_INT32', 1))
+    with pytest.raises(ServerError) as caught:
+        start_server(repository, python_env=server_env, timeout=120)
+    assert str(caught.value).splitlines()[0] == (
+        "tritonserver exited with status 1: ensemble 'mlm' failed to load: in ensemble mlm, ensemble tensor "
+        "input_ids: inconsistent data type: TYPE_INT32 is inferred from model mlm_tokenize while TYPE_INT64 is "
+        "inferred from model mlm_model")
+    assert _processes_mentioning(str(repository)) == []
+
+
 def test_a_reason_over_several_lines_is_reported_whole(server_env, tmp_path):
     """Triton's model table puts each line of a multi-line reason in a row of its own; all of them are
     reported, the python backend's traceback ("At: ...") is not."""

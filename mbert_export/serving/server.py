@@ -255,8 +255,9 @@ class TritonServer:
             return ""
 
     def load_failures(self) -> list[str]:
-        """One line per model the server failed to load, from the model table of its log, and the
-        socket it could not bind (another process took the port after the start checked it)."""
+        """One line per model the server failed to load, from the model table of its log (ensembles: from
+        the line that refuses them), and the socket it could not bind (another process took the port
+        after the start checked it)."""
         try:
             text = self.log_path.read_text(errors="replace")
         except OSError:
@@ -273,7 +274,11 @@ class TritonServer:
                 reason.append(more[1])
             else:  # a blank cell, the traceback's "At:" or the table's end closes the reason
                 reason = None
-        return [" ".join(parts) for parts in failures] + [f"{socket_} is already in use" for socket_ in taken]
+        # An ensemble Triton refuses while checking its steps is not in the table, only in a log line.
+        ensembles = [f"ensemble {m[1]!r} failed to load: in ensemble {m[1]}, " + m[2].strip().rstrip('"')
+                     for m in re.finditer(r"Invalid argument: in ensemble ([^,\s]+), (.*)", text)]
+        return ([" ".join(parts) for parts in failures] + list(dict.fromkeys(ensembles))
+                + [f"{socket_} is already in use" for socket_ in taken])
 
     def _failed(self, what: str) -> ServerError:
         failures = self.load_failures()
