@@ -455,8 +455,8 @@ def _add_repository_options(p: argparse.ArgumentParser) -> dict[str, object]:
     add("--threads", type=int, default=0,
         help="python layout, ONNX Runtime or OpenVINO: threads per instance (default: the serving "
              "machine's cores divided by the instances)")
-    add("--sequence-bucket", type=int, default=16,
-        help="ensemble: pad token ids to a multiple of this, so requests of similar length batch "
+    add("--sequence-bucket", type=int, default=None,
+        help="ensemble only: pad token ids to a multiple of this, so requests of similar length batch "
              "(default: 16)")
     return defaults
 

@@ -278,6 +278,8 @@ def test_bad_repository_requests_write_nothing(artifacts, tmp_path):
         write_repository([artifacts["mlm"]], tmp_path / "r", dynamic_batching=False, preferred_batch=[8])
     with pytest.raises(ValueError, match="threads set the python layout's runtime"):
         write_repository([artifacts["mlm"]], tmp_path / "r", layout="ensemble", threads=3)
+    with pytest.raises(ValueError, match="sequence_bucket pads the ensemble's token ids"):
+        write_repository([artifacts["mlm"]], tmp_path / "r", sequence_bucket=7)  # the python layout
     with pytest.raises(ValueError, match="the repository path is empty"):
         write_repository([artifacts["mlm"]], "", overwrite=True)
     assert not (tmp_path / "r").exists() and not list(tmp_path.glob(".r.*"))
@@ -539,6 +541,11 @@ def test_client_edges_answer_as_in_process(python_server, runtimes):
                 local.fill_mask(texts)
             with pytest.raises(TritonRequestError, match=rf"^text\[{mlm.max_batch + 1}\] has no \[MASK\] token"):
                 mlm.fill_mask(texts)
+            texts[mlm.max_batch + 1] = "[MASK] " + "word " * 300  # the tokenizer's own wording: "input N"
+            with pytest.raises(ValueError, match=rf"^input {mlm.max_batch + 1} is 30\d tokens long"):
+                local.fill_mask(texts)
+            with pytest.raises(TritonRequestError, match=rf"^input {mlm.max_batch + 1} is 30\d tokens long"):
+                mlm.fill_mask(texts)
             assert_same(mlm.fill_mask(MLM_TEXTS[1], top_k=np.int64(2)), local.fill_mask(MLM_TEXTS[1], top_k=2))
             with pytest.raises(TypeError, match="text must be a str or a list of str, got NoneType"):
                 mlm.fill_mask(None)
@@ -609,6 +616,10 @@ def test_ensemble_tokenize_and_postprocess_run_for_real(server_env, artifacts, r
                     for method, args, kwargs in _calls(task):
                         want = getattr(runtimes[task], method)(*args, **kwargs)
                         assert_same(getattr(client, method)(*args, **kwargs), want, f"ensemble {task} {method}")
+        from mbert_export.serving import TritonMegatronBert, TritonRequestError
+
+        with pytest.raises(TritonRequestError, match=r"'mlm_tokenize' at .* is a step of an ensemble .*'mlm'"):
+            TritonMegatronBert(server.http_url, "mlm_tokenize")
         with _client(server, "mlm", "http") as mlm:
             with pytest.raises(ValueError, match="has no \\[MASK\\] token"):
                 mlm.fill_mask("There is no mask here.")
@@ -622,8 +633,9 @@ def test_ensemble_tokenize_and_postprocess_run_for_real(server_env, artifacts, r
 
 
 # ---------------------------------------------------------------------------- command line
-def test_a_model_that_fails_to_load_is_named_first(server_env, artifacts, tmp_path):
-    """The server's reason for a model it could not load leads the error, not 40 lines of log."""
+def test_a_model_that_fails_to_load_is_named_first(server_env, artifacts, tmp_path, monkeypatch):
+    """The server's reason for a model it could not load leads the error, not 40 lines of log (with a
+    relative workdir too: the server runs inside it)."""
     from mbert_export.serving.repository import write_repository
     from mbert_export.serving.server import ServerError, start_server
 
@@ -632,8 +644,9 @@ def test_a_model_that_fails_to_load_is_named_first(server_env, artifacts, tmp_pa
     graph = repository / "mlm" / "1" / "artifact" / "model.onnx"
     graph.unlink()  # it may be a hard link to the shared artifact: replace it, never truncate it
     graph.write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(ServerError) as caught:
-        start_server(repository, python_env=server_env, timeout=120)
+        start_server(repository, python_env=server_env, timeout=120, workdir="relative-work")
     first = str(caught.value).splitlines()[0]
     assert first.startswith("tritonserver exited with status 1: model 'mlm' (version 1) failed to load: ")
     assert "model.onnx is not an ONNX model" in first

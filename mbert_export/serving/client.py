@@ -92,6 +92,8 @@ def _message_dict(message: Any) -> dict[str, Any]:
 #: The rows the server names in its messages (`text[3]`, `choices[0][1]`): counted from the start of the
 #: piece of rows it was sent, which the client turns back into the caller's count.
 _ROW_REFERENCE = re.compile(r"\b(text|text_pair|a|b|question|context|prompt|choices|texts)\[(\d+)\]")
+#: The tokenizer's own wording for a row ("input 8 is 304 tokens long").
+_INPUT_ROW = re.compile(r"\binput (\d+)\b")
 
 
 def _check_arguments(url: Any, name: Any, timeout: Any, model_version: Any) -> None:
@@ -133,6 +135,10 @@ class TritonMegatronBert:
             self.close()
             raise TritonRequestError(f"model {name!r} at {url} was not written by mbert-export triton (no task "
                                      "parameter in its config)")
+        if RESULT not in {o.get("name") for o in config.get("output", [])}:
+            self.close()
+            raise TritonRequestError(f"model {name!r} at {url} is a step of an ensemble (it does not return "
+                                     f"{RESULT}); call the ensemble, e.g. {name.rsplit('_', 1)[0]!r}")
         self.task = get_task(self.parameters["task"])
         self.max_batch = int(config.get("max_batch_size") or 1)
         self.input_names = {i["name"] for i in config.get("input", [])}
@@ -263,8 +269,10 @@ class TritonMegatronBert:
                 reply = self._request(self.client.infer, self.name, inputs, model_version=self.model_version,
                                       outputs=outputs, parameters=parameters, what="infer")
             except TritonRequestError as exc:  # rows as the caller counts them, not as this piece does
-                raise TritonRequestError(_ROW_REFERENCE.sub(
-                    lambda m: m.group(1) if single else f"{m.group(1)}[{int(m.group(2)) + start}]", str(exc))) from None
+                message = _ROW_REFERENCE.sub(
+                    lambda m: m.group(1) if single else f"{m.group(1)}[{int(m.group(2)) + start}]", str(exc))
+                message = _INPUT_ROW.sub(lambda m: f"input {int(m.group(1)) + start}", message)
+                raise TritonRequestError(message) from None
             results += [json.loads(r[0]) for r in reply.as_numpy(RESULT)]
         return results
 

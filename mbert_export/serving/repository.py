@@ -35,6 +35,8 @@ __all__ = ["write_repository", "read_repository", "client_models", "ModelEntry",
            "ENSEMBLE_METHODS"]
 
 LAYOUTS = ("python", "ensemble")
+#: The ensemble tokenize step pads token ids to a multiple of this by default (see write_repository).
+DEFAULT_SEQUENCE_BUCKET = 16
 #: Methods whose rows map one text to one graph row (an ensemble step cannot change the row count;
 #: question answering splits long contexts into several windows, multiple choice has a 3-D input).
 ENSEMBLE_METHODS = ("fill_mask", "next_token", "classify", "classify_tokens", "next_sentence", "embed")
@@ -410,7 +412,7 @@ def _write_ensemble_layout(root: Path, name: str, artifact: Artifact, options: d
 def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | os.PathLike, *,
                      names: Sequence[str] | None = None, layout: str = "python", backend: str = "auto",
                      dynamic_batching: bool = True, max_queue_delay_us: int = 0, instances: int | None = None,
-                     preferred_batch: Sequence[int] = (), sequence_bucket: int = 16, threads: int = 0,
+                     preferred_batch: Sequence[int] = (), sequence_bucket: int | None = None, threads: int = 0,
                      overwrite: bool = False) -> list[ModelEntry]:
     """Write a Triton model repository serving `artifacts` to `repository` (atomically).
 
@@ -420,7 +422,8 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
     model is tensorrt_plan ("auto" with an engine, or "tensorrt") or onnxruntime_onnx (anything else
     but "openvino", which it refuses). instances: instance_group count (default: 2 on CPU, 1 per GPU).
     threads: ONNX Runtime / OpenVINO threads per instance in the python layout (0: the serving
-    machine's cores divided by the instances).
+    machine's cores divided by the instances). sequence_bucket (ensemble only, default 16): the
+    tokenize step pads token ids to a multiple of it, so requests of similar length batch.
     max_queue_delay_us: how long the dynamic batcher waits for more requests; 0 (default) batches what
     is queued when an instance is free and adds no wait to a lone request.
     """
@@ -438,6 +441,10 @@ def write_repository(artifacts: Sequence[str | os.PathLike], repository: str | o
     if layout == "ensemble" and threads:
         raise ValueError("threads set the python layout's runtime; the ensemble's middle model runs on Triton's "
                          "own onnxruntime/tensorrt backend (set its threads in its config.pbtxt)")
+    if layout == "python" and sequence_bucket is not None:
+        raise ValueError("sequence_bucket pads the ensemble's token ids; the python layout runs each dynamic batch "
+                         "in-process as one call (drop it, or use the ensemble layout)")
+    sequence_bucket = DEFAULT_SEQUENCE_BUCKET if sequence_bucket is None else sequence_bucket
     # Triton's schema holds these in 32-bit fields (the queue delay in 64 bits).
     for what, value, low, high in (("instances", 1 if instances is None else instances, 1, MAX_DIM),
                                    ("max_queue_delay_us", max_queue_delay_us, 0, 2**63 - 1),

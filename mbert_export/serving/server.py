@@ -387,7 +387,7 @@ def start_server(repository: str | os.PathLike, *, http_port: int = 0, grpc_port
     if install.pytriton_root is not None:
         _check_model_env(env, _python_model_imports(repository))
     owns = workdir is None
-    work = make_workdir() if owns else Path(workdir)
+    work = make_workdir() if owns else Path(workdir).resolve()  # the server runs in it: no relative paths
     try:
         work.mkdir(parents=True, exist_ok=True)
         ports = [p or free_port(host) for p in (http_port, grpc_port, metrics_port)]
