@@ -10,7 +10,7 @@ import numpy as np
 from .artifact import open_artifact
 from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVinoBackend
-from .openvino.loader import cpu_capabilities, resolve_inference_precision
+from .openvino.loader import InferencePrecisionError
 from .pipeline import MegatronBertPipeline
 from .tensorrt import TensorRTBackend
 from .verify import (EXACTNESS, Thresholds, VerifyReport, compare_outputs, load_reference, thresholds_for,
@@ -61,17 +61,19 @@ class OvMegatronBert(MegatronBertPipeline):
                  cache_dir: str | os.PathLike | bool | None = None, tokenizer: Any = None,
                  max_batch: int | None = None, config: dict | None = None):
         artifact = open_artifact(path, "onnx")
-        if inference_precision is None and (artifact.sidecar.get("openvino") or {}).get("inference_precision"):
-            inference_precision = artifact.sidecar["openvino"]["inference_precision"]
-            try:  # the build's choice: say where it came from and how to run at another
-                resolve_inference_precision(inference_precision, cpu_capabilities())
-            except ValueError as exc:
-                raise ValueError(f"{artifact.folder / 'build.json'} records OpenVINO inference precision "
-                                 f"{inference_precision!r}: {exc}. To run this artifact at f32 anyway, pass "
-                                 "inference_precision='f32' (CLI: --inference-precision f32)") from None
-        backend = OpenVinoBackend(artifact.onnx_path, inference_precision=inference_precision, threads=threads,
-                                  performance_hint=performance_hint, num_streams=num_streams,
-                                  cache_dir=cache_dir, config=config)
+        recorded = None if inference_precision is not None else \
+            (artifact.sidecar.get("openvino") or {}).get("inference_precision")
+        try:
+            backend = OpenVinoBackend(artifact.onnx_path, inference_precision=inference_precision or recorded,
+                                      threads=threads, performance_hint=performance_hint, num_streams=num_streams,
+                                      cache_dir=cache_dir, config=config)
+        except InferencePrecisionError as exc:
+            if not recorded:
+                raise
+            # the build's choice: say where it came from and how to run at another
+            raise InferencePrecisionError(f"{artifact.folder / 'build.json'} records OpenVINO inference precision "
+                                          f"{recorded!r}: {exc}. To run this artifact at f32 anyway, pass "
+                                          "inference_precision='f32' (CLI: --inference-precision f32)") from None
         _start(self, backend, artifact, tokenizer, max_batch)
 
     @property

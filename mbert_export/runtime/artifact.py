@@ -11,7 +11,9 @@ graph, so a multi-GB model costs a few reads.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,22 +101,29 @@ def _fields(f, end: int) -> Iterator[tuple[int, int]]:
             raise EOFError
 
 
+@contextlib.contextmanager
+def _model_file(path: Path) -> Iterator[tuple[Any, int]]:
+    """An ONNX file opened for `_fields`, with its size; what goes wrong reading it is an ArtifactError."""
+    try:
+        with open(path, "rb") as f:
+            yield f, os.fstat(f.fileno()).st_size
+    except OSError as exc:
+        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except (EOFError, ValueError, UnicodeDecodeError):
+        raise ArtifactError(f"{path} is not a valid ONNX model file (truncated or another format)") from None
+
+
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `metadata_props` of an ONNX model file, without loading the graph or the weights."""
     path = Path(path)
     props: dict[str, str] = {}
     seen: set[int] = set()
-    try:
-        with open(path, "rb") as f:
-            for number, n in _fields(f, os.fstat(f.fileno()).st_size):
-                seen.add(number)
-                if number == 14:  # ModelProto.metadata_props
-                    key, value = _string_entry(f.read(n))
-                    props[key] = value
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (EOFError, ValueError, UnicodeDecodeError):
-        raise ArtifactError(f"{path} is not a valid ONNX model file (truncated or another format)") from None
+    with _model_file(path) as (f, size):
+        for number, n in _fields(f, size):
+            seen.add(number)
+            if number == 14:  # ModelProto.metadata_props
+                key, value = _string_entry(f.read(n))
+                props[key] = value
     if 7 not in seen:  # ModelProto.graph
         raise ArtifactError(f"{path} is not an ONNX model (no graph in it)")
     return props
@@ -126,23 +135,18 @@ def external_data_locations(path: str | os.PathLike) -> list[str]:
     "location". Read by hand, like the metadata, because the runtime does not need the onnx package;
     weights stored in the graph file are skipped over, not read."""
     locations: dict[str, None] = {}
-    try:
-        with open(path, "rb") as f:
-            for number, n in _fields(f, os.fstat(f.fileno()).st_size):
-                if number != 7:
+    with _model_file(Path(path)) as (f, size):
+        for number, n in _fields(f, size):
+            if number != 7:
+                continue
+            for field, m in _fields(f, f.tell() + n):
+                if field != 5:
                     continue
-                for field, m in _fields(f, f.tell() + n):
-                    if field != 5:
-                        continue
-                    for entry, k in _fields(f, f.tell() + m):
-                        if entry == 13:
-                            key, value = _string_entry(f.read(k))
-                            if key == "location":
-                                locations[value] = None
-    except OSError as exc:
-        raise ArtifactError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (EOFError, ValueError, UnicodeDecodeError):
-        raise ArtifactError(f"{path} is not a valid ONNX model file (truncated or another format)") from None
+                for entry, k in _fields(f, f.tell() + m):
+                    if entry == 13:
+                        key, value = _string_entry(f.read(k))
+                        if key == "location":
+                            locations[value] = None
     return list(locations)
 
 
@@ -260,6 +264,13 @@ MAX_DIM = 2**31 - 1
 def is_int_between(value: Any, low: int, high: int) -> bool:
     """An int (not a bool, which Python counts as one) from `low` to `high`."""
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def positive_int(value: Any, name: str) -> int:
+    """`value` as an int >= 1 (numpy integers too); bools, floats and strings are a ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _int_or_none(value: Any, what: str, where: Path) -> int | None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..tasks import SEQUENCE, TASKS
 from . import postprocess as post
-from .artifact import Artifact, ArtifactError
+from .artifact import Artifact, ArtifactError, positive_int
 from .backend import Backend
 from .verify import (Thresholds, VerifyReport, compare_outputs, load_reference, thresholds_for,
                      with_overrides)
@@ -257,7 +257,7 @@ class MegatronBertPipeline:
         """
         self._require("fill_mask")
         tokenizer = self._tokenizer_for("fill_mask")
-        _positive_int(top_k, "top_k")
+        positive_int(top_k, "top_k")
         texts, single = self._texts(text, "text")
         targets_ids = post.target_ids(tokenizer, targets) if targets is not None else None
         batch = self._encode(texts, truncation=truncation)
@@ -278,7 +278,7 @@ class MegatronBertPipeline:
         """Causal LM: the most likely next tokens after `text`, as [{score, token, token_str}]."""
         self._require("next_token")
         tokenizer = self._tokenizer_for("next_token")
-        _positive_int(top_k, "top_k")
+        positive_int(top_k, "top_k")
         texts, single = self._texts(text, "text")
         batch = self._encode(texts, truncation=truncation)
         lengths = batch["attention_mask"].sum(-1)
@@ -306,7 +306,7 @@ class MegatronBertPipeline:
         self._require("classify")
         self._tokenizer_for("classify")
         if top_k is not None:
-            _positive_int(top_k, "top_k")
+            positive_int(top_k, "top_k")
         texts, single = self._texts(text, "text")
         pairs = self._pairs(texts, single, text_pair, "text_pair")
         function = self._classification_function(function_to_apply)
@@ -380,13 +380,13 @@ class MegatronBertPipeline:
         """
         self._require("answer_question")
         tokenizer = self._tokenizer_for("answer_question")
-        _positive_int(top_k, "top_k")
-        _positive_int(max_answer_len, "max_answer_len")
+        positive_int(top_k, "top_k")
+        positive_int(max_answer_len, "max_answer_len")
         questions, single = self._texts(question, "question")
         contexts = self._pairs(questions, single, context, "context")
         if contexts is None:
             raise ValueError("answer_question() needs a context")
-        window = min(self.max_seq_len, QA_MAX_SEQ_LEN) if max_seq_len is None else _positive_int(max_seq_len,
+        window = min(self.max_seq_len, QA_MAX_SEQ_LEN) if max_seq_len is None else positive_int(max_seq_len,
                                                                                                   "max_seq_len")
         if window > self.max_seq_len:
             raise ValueError(f"max_seq_len={window} exceeds the maximum of {self.max_seq_len} tokens of "
@@ -539,9 +539,3 @@ def _labels(labels: Any) -> set[str]:
     if not isinstance(labels, (list, tuple, set, frozenset)) or not all(isinstance(x, str) for x in labels):
         raise TypeError(f"ignore_labels must be a label or a list of labels, got {labels!r}")
     return set(labels)
-
-
-def _positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import numbers
 import os
 import re
 import tempfile
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifact import external_data_locations
+from ..artifact import external_data_locations, positive_int
 
 #: Inference precisions accepted -> OpenVINO's names; the CPU capability each needs.
 INFERENCE_PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
@@ -37,6 +36,10 @@ DEFAULT_CACHE_FOLDER = "openvino-cache"
 
 class OpenVinoCompileError(ValueError):
     """OpenVINO cannot read or compile the graph; the message names the node and the reason."""
+
+
+class InferencePrecisionError(ValueError):
+    """An inference precision OpenVINO does not know, or this CPU cannot run."""
 
 
 def import_openvino():
@@ -67,23 +70,16 @@ def resolve_inference_precision(requested: str | None, capabilities: list[str]) 
     """'f32' / 'bf16' (None -> 'f32'); a precision this CPU lacks is an error saying what it has."""
     name = INFERENCE_PRECISIONS.get(str(requested or "f32").lower())
     if name is None:
-        raise ValueError(f"unknown OpenVINO inference precision {requested!r}; choose f32 or bf16")
+        raise InferencePrecisionError(f"unknown OpenVINO inference precision {requested!r}; choose f32 or bf16")
     needed = NEEDS_CAPABILITY.get(name)
     if needed and needed not in capabilities:
-        raise ValueError(f"inference precision {name} needs a CPU with {needed} support (AVX512-BF16 or AMX); "
-                         f"this CPU offers {', '.join(capabilities)} to OpenVINO; use f32")
+        raise InferencePrecisionError(f"inference precision {name} needs a CPU with {needed} support (AVX512-BF16 "
+                                      f"or AMX); this CPU offers {', '.join(capabilities)} to OpenVINO; use f32")
     return name
 
 
 #: Words of the CPU plugin's errors about a compile setting (unknown key, wrong value).
 _OPTION_ERROR = re.compile(r"Unsupported property|for property key|Could not read .* from str")
-
-
-def _positive_int(value: Any, name: str) -> int:
-    """`value` as an int >= 1 (numpy integers too); bools, floats and strings are refused."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def graph_sha256(onnx_path: Path) -> str:
@@ -164,10 +160,10 @@ def compile_graph(onnx_path: str | os.PathLike, *, inference_precision: str | No
         raise ValueError(f"unknown performance hint {performance_hint!r}; choose {', '.join(PERFORMANCE_HINTS)}")
     options: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": hint}
     if threads is not None:
-        options["INFERENCE_NUM_THREADS"] = _positive_int(threads, "threads")
+        options["INFERENCE_NUM_THREADS"] = positive_int(threads, "threads")
     if num_streams is not None:  # a count, or OpenVINO's own choice
         auto = isinstance(num_streams, str) and num_streams.upper() == "AUTO"
-        options["NUM_STREAMS"] = "AUTO" if auto else _positive_int(num_streams, "num_streams (or 'auto')")
+        options["NUM_STREAMS"] = "AUTO" if auto else positive_int(num_streams, "num_streams (or 'auto')")
     if config is not None and not isinstance(config, dict):
         raise TypeError(f"config must be a dict of OpenVINO properties, e.g. {{'PERFORMANCE_HINT': 'LATENCY'}}, "
                         f"got {type(config).__name__}")
