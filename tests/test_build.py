@@ -267,8 +267,8 @@ def test_histogram_calibration_methods_run_on_varied_lengths(fp32_graph, tmp_pat
 
 def test_fp32_build_is_complete_and_verifies(checkpoint, tmp_path, capsys):
     out = tmp_path / "mlm-fp32"
-    code = cli_main(["build", "--task", "mlm", "--fp32", "--checkpoint", str(checkpoint), "--output-dir", str(out),
-                     "--seq", "1,16,64", "--batch", "1,2,4"])
+    code = cli_main(["build", "--task", "mlm", "--fp32", "--backend", "onnxruntime", "--checkpoint", str(checkpoint),
+                     "--output-dir", str(out), "--seq", "1,16,64", "--batch", "1,2,4"])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert {"model.onnx", "build.json", "reference.npz", "tokenizer.json", "vocab.txt"} <= {
@@ -326,7 +326,8 @@ def test_bad_build_arguments_are_one_line_errors(checkpoint, tmp_path, capsys, a
 
 @pytest.mark.parametrize("argv, present, missing", [
     (["--fp16"], [], "heldout.txt"),
-    (["--fp32"], [], None),  # FP32 reads no corpus text
+    (["--fp32"], [], None),  # FP32 on ONNX Runtime reads no corpus text
+    (["--fp32", "--backend", "openvino"], [], "heldout.txt"),  # checked on OpenVINO against held-out text
     (["--int8", "--int8-recipe", "qdq"], ["heldout.txt"], "train.txt"),
     (["--int8", "--int8-recipe", "qdq", "--calibration", str(CORPUS)], ["heldout.txt"], None),
 ])
@@ -338,7 +339,8 @@ def test_missing_corpus_is_said_before_any_work(checkpoint, tmp_path, capsys, mo
         shutil.copyfile(corpus_path(name.removesuffix(".txt")), corpus / name)
     monkeypatch.setenv("MBERT_EXPORT_CORPUS_DIR", str(corpus))
     out = tmp_path / "out"
-    code = cli_main(["build", "--task", "mlm", *argv, "--checkpoint", str(checkpoint), "--output-dir", str(out)])
+    backend = [] if "--backend" in argv else ["--backend", "onnxruntime"]  # auto picks OpenVINO on VNNI CPUs
+    code = cli_main(["build", "--task", "mlm", *argv, *backend, "--checkpoint", str(checkpoint), "--output-dir", str(out)])
     said = capsys.readouterr()
     if missing is None:  # the build runs to its accuracy check (which a random tiny model may miss)
         assert "corpus file" not in said.err and "Traceback" not in said.err
