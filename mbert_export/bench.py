@@ -8,7 +8,7 @@ every backend runs once (interleaved), with a fixed thread count. Writes
 `benchmarks/results/<name>.json`, `.md` and `.png`; prints progress and the table.
 
 OpenVINO (CPU) runs the FP32 graph at f32 (`ov-f32`) and bf16 (`ov-bf16`, CPUs with AVX512-BF16/AMX
-only) and the INT8 Q/DQ graph (`ov-int8`). Every result file and table names the machine (CPU
+only) and the INT8 Q/DQ graph (`ov-int8` at f32 outside its int8 layers, `ov-int8-bf16` at bf16). Every result file and table names the machine (CPU
 model, cores, threads, the ISA flags that decide int8/bf16 speed, library versions): ratios differ
 between CPUs.
 """
@@ -34,9 +34,10 @@ Progress = Callable[[str], None]
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 ARTIFACTS_DIR = REPO_ROOT / "benchmarks" / "artifacts"
 ALL_BACKENDS = ("pytorch-fp32", "pytorch-bf16", "ort-fp32", "ort-fp16", "ort-int8-qdq", "ort-int8-dynamic",
-                "ov-f32", "ov-bf16", "ov-int8", "trt-fp16", "trt-int8")
+                "ov-f32", "ov-bf16", "ov-int8", "ov-int8-bf16", "trt-fp16", "trt-int8")
 #: OpenVINO backends -> (the ONNX Runtime backend whose graph they run, inference precision).
-OPENVINO_BACKENDS = {"ov-f32": ("ort-fp32", "f32"), "ov-bf16": ("ort-fp32", "bf16"), "ov-int8": ("ort-int8-qdq", "f32")}
+OPENVINO_BACKENDS = {"ov-f32": ("ort-fp32", "f32"), "ov-bf16": ("ort-fp32", "bf16"), "ov-int8": ("ort-int8-qdq", "f32"),
+                     "ov-int8-bf16": ("ort-int8-qdq", "bf16")}
 REFERENCE = "pytorch-fp32"
 #: Untimed pause before each timed call: the previous backend's threads spin-wait for a while
 #: after its call (OpenMP in torch, ONNX Runtime's pool) and would take cores from the next one;

@@ -143,8 +143,9 @@ def add_build_arguments(p: argparse.ArgumentParser) -> None:
                         "installed and the CPU has int8 dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX), "
                         "else ONNX Runtime")
     p.add_argument("--inference-precision", choices=["f32", "bf16"], default=None,
-                   help="OpenVINO: compute precision of float ops (default f32; bf16 needs AVX512-BF16 or AMX); "
-                        "checked and recorded in build.json")
+                   help="OpenVINO: compute precision of float ops, checked and recorded in build.json; bf16 "
+                        "needs AVX512-BF16 or AMX. Default: for --int8 on such a CPU bf16 if it keeps the INT8 "
+                        "bar (faster), else f32; f32 for --fp32/--fp16 (at bf16 they miss their own bars)")
     p.add_argument("--output-dir", help="artifact folder (default: engines/TASK-PRECISION)")
     p.add_argument("--batch", action="append", default=[], metavar="MIN,OPT,MAX",
                    help="batch sizes of a profile (default 1,8,32); repeat for several profiles")

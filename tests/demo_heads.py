@@ -185,7 +185,7 @@ def demo_task_checkpoint(task: str, folder: Path, steps: int = 150, count: int =
 #: Graph kinds of every task's artifacts (the parity suite judges each); MAX_SEQ of their export.
 GRAPHS = ("fp32", "fp16", "int8-qdq", "int8-dynamic")
 #: The parity suite's OpenVINO rows: (graph, inference precision). bf16 needs AVX512-BF16/AMX; it skips elsewhere.
-OPENVINO_ROWS = (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8-qdq", "f32"))
+OPENVINO_ROWS = (("fp32", "f32"), ("fp32", "bf16"), ("fp16", "f32"), ("int8-qdq", "f32"), ("int8-qdq", "bf16"))
 #: The parity suite's held-out rows: with 128 the 99% pooled top-1 bar allows one flip of a
 #: sequence-level decision (nsp, classification); at 64 it was a 100% bar.
 PARITY_SAMPLES = 128

@@ -469,28 +469,56 @@ def test_demo_model_meets_the_precision_bars(tmp_path, precision, recipe):
 def test_openvino_int8_build_is_checked_on_openvino_and_records_the_machine(tmp_path, capsys):
     """`build --backend openvino --int8`: the calibrated Q/DQ graph, checked on OpenVINO against the FP32
     graph with the INT8 bars (demo model: >= 99 % top-1 at masked held-out positions); build.json names
-    the OpenVINO version, the inference precision and the CPU."""
+    the OpenVINO version, the inference precision and the CPU. On a CPU with bf16 the build checks bf16
+    first and keeps it only if it keeps the INT8 bars, else it says so and checks f32."""
     pytest.importorskip("openvino")
     from mbert_export.build import DEFAULT_CHECKPOINT
     from mbert_export.runtime import OvMegatronBert
+    from mbert_export.runtime.openvino import cpu_capabilities
 
     messages: list[str] = []
     result = build_artifact("mlm", "int8", checkpoint=DEFAULT_CHECKPOINT, output_dir=tmp_path / "ov", backend="openvino",
                             seq=["1,64,128"], batch=["1,4,8"], progress=messages.append)
-    assert any("on OpenVINO at inference precision f32" in m for m in messages)
+    checks = [m for m in messages if "graph on OpenVINO at inference precision" in m]
+    first = "bf16" if "BF16" in cpu_capabilities() else "f32"
+    assert f"at inference precision {first} " in checks[0], checks
     sidecar = result.sidecar
-    assert sidecar["backend"] == "openvino" and sidecar["int8_recipe"] == "qdq"
-    assert sidecar["openvino"]["inference_precision"] == "f32" and sidecar["openvino"]["version"]
+    chosen = sidecar["openvino"]["inference_precision"]
+    assert f"at inference precision {chosen} " in checks[-1]
+    if len(checks) == 2:  # bf16 missed the bar: said, then f32
+        assert chosen == "f32" and any("misses its bar" in m and "trying f32" in m for m in messages)
+    else:
+        assert len(checks) == 1 and chosen == first
+    assert sidecar["backend"] == "openvino" and sidecar["int8_recipe"] == "qdq" and sidecar["openvino"]["version"]
     assert sidecar["machine"]["cpu"] and sidecar["machine"]["cores"] >= 1 and "versions" in sidecar["machine"]
     held_out = sidecar["accuracy"]["held-out masked text"]["logits"]
     assert held_out["top1_agreement"] >= 0.99 and held_out["positions"] > 1000
     with OvMegatronBert(result.folder) as ov:
-        assert ov.inference_precision == "f32" and ov.verify().passed
+        assert ov.inference_precision == chosen and ov.verify().passed
     # `verify` checks an OpenVINO build on OpenVINO unless told otherwise
     assert cli_main(["verify", str(result.folder)]) == 0
     assert cli_main(["verify", str(result.folder), "--backend", "onnxruntime"]) in (0, 1)
     said = capsys.readouterr().out.split("verify ")[1:]
     assert " on openvino " in said[0] and " on onnxruntime " in said[1], said
+
+
+@pytest.mark.parametrize("requested, precision, capabilities, tried", [
+    (None, "int8", ["FP32", "BF16", "INT8"], ["bf16", "f32"]),  # bf16 first where it may keep the INT8 bar
+    (None, "int8", ["FP32", "INT8"], ["f32"]),
+    (None, "fp32", ["FP32", "BF16", "INT8"], ["f32"]),  # bf16 cannot keep the FP32/FP16 bars
+    (None, "fp16", ["FP32", "BF16", "INT8"], ["f32"]),
+    ("f32", "int8", ["FP32", "BF16", "INT8"], ["f32"]),  # asked for: only that one
+    ("bf16", "fp32", ["FP32", "BF16", "INT8"], ["bf16"]),
+    ("bf16", "int8", ["FP32", "INT8"], ValueError),
+])
+def test_openvino_build_checks_inference_precisions_in_order(requested, precision, capabilities, tried):
+    from mbert_export.build import openvino_inference_precisions
+
+    if tried is ValueError:
+        with pytest.raises(ValueError, match="needs a CPU with BF16"):
+            openvino_inference_precisions(requested, precision, capabilities)
+    else:
+        assert openvino_inference_precisions(requested, precision, capabilities) == tried
 
 
 def test_openvino_choices_follow_the_cpu(checkpoint, tmp_path):

@@ -184,6 +184,25 @@ def test_bf16_is_refused_on_cpus_without_it_and_runs_where_present(mlm, tmp_path
     with OvMegatronBert(mlm, inference_precision="bf16", cache_dir=False) as ov:
         assert ov.inference_precision == "bf16" and ov.precision == "bf16"
         assert ov.verify().passed
+    # One blob serves both precisions: OpenVINO's CPU cache holds the graph before the precision is
+    # applied, so a bf16 load of a blob written at f32 computes in bf16, never the cached f32 graph.
+    from mbert_export.runtime.openvino import OpenVinoBackend
+
+    graph = mlm / "model.onnx"
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(5, 1000, (2, 16)).astype(np.int64),
+             "attention_mask": np.ones((2, 16), np.int64), "token_type_ids": np.zeros((2, 16), np.int64)}
+
+    def logits(precision, cache):
+        backend = OpenVinoBackend(graph, inference_precision=precision, cache_dir=cache)
+        return backend.describe(), backend.infer(feeds)["logits"]
+
+    _, bf16_alone = logits("bf16", False)
+    said_f32, f32_cached = logits("f32", tmp_path / "cache")
+    said_bf16, bf16_cached = logits("bf16", tmp_path / "cache")
+    assert "written to" in said_f32 and "loaded from" in said_bf16
+    np.testing.assert_array_equal(bf16_cached, bf16_alone)
+    assert np.abs(bf16_cached - f32_cached).max() > 1e-3
 
 
 def test_bad_settings_are_clear_errors(mlm):
