@@ -7,9 +7,11 @@ Rows, interleaved in one run (so only their ratios mean anything), on the bench'
 - pytorch-fp32: the reference (speedup 1.00x);
 - ort-int8-dynamic: ONNX Runtime's dynamic INT8 recipe (the CPU build's default without OpenVINO);
 - ov-f32 and ov-int8: OpenVINO on the FP32 graph and on the calibrated Q/DQ graph (the OpenVINO build's INT8);
+  ov-int8-bf16: the Q/DQ graph at bf16 outside its int8 layers (CPUs with bf16: the build's INT8 default
+  there when it keeps the INT8 bar);
 - ov-int8-weights: int8 weights only (NNCF `compress_weights`, INT8_ASYM per output channel), with
   OpenVINO's dynamic activation quantization at its default group size; ov-int8-weights-no-dq: the
-  same with it off (`DYNAMIC_QUANTIZATION_GROUP_SIZE` 0). Needs `pip install nncf`, else skipped.
+  same with it off (`DYNAMIC_QUANTIZATION_GROUP_SIZE` 0); ov-int8-weights-bf16: at bf16. Needs `pip install nncf`, else skipped.
 
 Issue 13 asks for an OpenVINO INT8 path >= 1.15x the ONNX Runtime recipe at 1 x 128 and 8 x 128; this
 says which one comes closest on the machine it runs on. With a trained checkpoint (`--model demo`)
@@ -34,11 +36,14 @@ from mbert_export.bench import (check_arguments, check_model, check_name,  # noq
                                 time_shapes)
 from mbert_export.machine import machine_info, machine_line  # noqa: E402
 
-BENCH_ROWS = ("pytorch-fp32", "ort-int8-dynamic", "ov-f32", "ov-int8")
+BENCH_ROWS = ("pytorch-fp32", "ort-int8-dynamic", "ov-f32", "ov-int8", "ov-int8-bf16")
 DEFAULT_MODEL = "megatron-bert-345m-cased"
 RESULT_PREFIX = "openvino-int8-paths"
-#: Weight-only rows: name -> extra OpenVINO compile properties.
-WEIGHT_ONLY_ROWS = {"ov-int8-weights": {}, "ov-int8-weights-no-dq": {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}}
+#: Weight-only rows: name -> (inference precision, extra OpenVINO compile properties); bf16 rows only
+#: where the CPU has bf16.
+WEIGHT_ONLY_ROWS = {"ov-int8-weights": ("f32", {}),
+                    "ov-int8-weights-no-dq": ("f32", {"DYNAMIC_QUANTIZATION_GROUP_SIZE": 0}),
+                    "ov-int8-weights-bf16": ("bf16", {})}
 
 
 def weight_only_graph(fp32_graph: Path, say) -> Path | None:
@@ -83,10 +88,16 @@ def weight_only_runners(graph: Path, threads: int, say) -> tuple[dict, dict]:
 
     from mbert_export.runtime.openvino import OpenVinoBackend
 
+    from mbert_export.runtime.openvino import cpu_capabilities
+
     runners, groups = {}, {}
     default_group = int(openvino.Core().get_property("CPU", "DYNAMIC_QUANTIZATION_GROUP_SIZE"))
-    for name, config in WEIGHT_ONLY_ROWS.items():
-        backend = OpenVinoBackend(graph, inference_precision="f32", threads=threads, cache_dir=False, config=config)
+    for name, (precision, config) in WEIGHT_ONLY_ROWS.items():
+        if precision == "bf16" and "BF16" not in cpu_capabilities():
+            say(f"openvino_int8_paths: {name} skipped (no bf16 on this CPU)")
+            continue
+        backend = OpenVinoBackend(graph, inference_precision=precision, threads=threads, cache_dir=False,
+                                  config=config)
         groups[name] = config.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", default_group)
         say(f"openvino_int8_paths: {name} = {backend.describe()}, dynamic quantization group size {groups[name]}")
         runners[name] = lambda feeds, b=backend: b.infer(feeds)["logits"]
