@@ -345,9 +345,9 @@ def choose_backend(requested: str, say: Progress) -> str:
 
 def openvino_inference_precisions(requested: str | None, precision: str, capabilities: list[str]) -> list[str]:
     """The OpenVINO inference precisions a build checks, in order; it takes the first that keeps the
-    precision's bars. Asked for: that one. Else INT8 on a CPU with bf16: bf16, then f32 (issue 13's
-    AVX-512 BF16 machine ran the Q/DQ graph 1.25x faster with bf16 outside the int8 layers, at 99.12%
-    top-1 agreement on the demo model against the 99% INT8 bar). Else f32: FP32 and FP16 graphs at
+    precision's bars. Asked for: that one. Else INT8 on a CPU with bf16: bf16, then f32 (on an
+    AVX-512 BF16 EPYC the 345M Q/DQ graph ran 1.2-1.3x faster with bf16 outside its int8 layers, at
+    99.12% top-1 agreement on the demo model against the 99% INT8 bar; README "OpenVINO (CPU)"). Else f32: FP32 and FP16 graphs at
     bf16 cannot keep their own bars (max abs 1e-4; 99.9% top-1: the FP32 graph gave 99.12%)."""
     from .runtime.openvino.loader import resolve_inference_precision
 
@@ -542,6 +542,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                 say(f"int8: kept in float: {', '.join(kept)}")
         accuracy: dict = {}
         inference_precision = inference_precisions[0]
+        rejected: dict[str, list[str]] = {}  # OpenVINO inference precision -> the bars it missed
         if checked:
             sets = evaluation_sets(tokenizer, profiles, task, config)
             reference = fp32_path if fp32_path.exists() else graph  # fp32: the graph itself, on ONNX Runtime
@@ -553,8 +554,9 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                                                         say, backend=backend, inference_precision=inference_precision)
                 if not problems or attempt == len(inference_precisions):
                     break
-                say(f"build: at inference precision {inference_precision} the {precision} graph misses its bar "
-                    f"({problems[0]}); trying {inference_precisions[attempt]}")
+                rejected[inference_precision] = problems
+                say(f"build: at inference precision {inference_precision} the {precision} graph misses its bar:\n  "
+                    + "\n  ".join(problems) + f"\nbuild: trying inference precision {inference_precisions[attempt]}")
             if problems:
                 if precision != "int8":
                     hint = "Random or untrained weights give near-tied logits that no reduced precision keeps."
@@ -564,7 +566,13 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
                             "(the recipe's list plus MODULE, e.g. 'bert.encoder.layer.N.*')"
                             + ("." if recipe == "dynamic" else
                                f", or calibrate with --calibration-method {' or '.join(other)}."))
-                raise BuildError(f"the {precision} graph misses its accuracy bar (nothing was written):\n  "
+                if inference_precision == "bf16":
+                    hint += " Or check it at --inference-precision f32 (more exact than bf16)."
+                where = ""
+                if backend == "openvino":
+                    where = f" at OpenVINO inference precision {inference_precision}" + (
+                        f" (also missed at {', '.join(rejected)})" if rejected else "")
+                raise BuildError(f"the {precision} graph misses its accuracy bar{where} (nothing was written):\n  "
                                  + "\n  ".join(problems) + "\n" + hint)
         copy_tokenizer(checkpoint, stage)  # export_onnx said so if there are none
         shutil.move(str(stage / "fp32" / REFERENCE_FILE), stage / REFERENCE_FILE)
@@ -587,6 +595,7 @@ def build_artifact(task_name: str, precision: str, *, checkpoint: str | Path | N
             from .runtime.openvino.loader import cpu_capabilities, openvino_version
 
             sidecar["openvino"] = {"version": openvino_version(), "inference_precision": inference_precision,
+                                   "rejected_inference_precisions": rejected,
                                    "device": "CPU", "capabilities": cpu_capabilities()}
         if backend == "tensorrt":
             environment = tensorrt_environment()

@@ -521,6 +521,42 @@ def test_openvino_build_checks_inference_precisions_in_order(requested, precisio
         assert openvino_inference_precisions(requested, precision, capabilities) == tried
 
 
+@pytest.mark.parametrize("missed", [("bf16",), ("bf16", "f32")])
+def test_openvino_int8_build_falls_back_from_bf16_and_says_why(tmp_path, monkeypatch, missed):
+    """When bf16 misses the INT8 bars the build checks f32 and records what bf16 missed; when both
+    miss, the error names both precisions and nothing is written. The bars' verdicts are forced (a
+    real miss needs a model bf16 cannot keep); the build's own logic around them is what runs."""
+    pytest.importorskip("openvino")
+    from mbert_export import build as build_module
+    from mbert_export.build import DEFAULT_CHECKPOINT
+    from mbert_export.runtime.openvino import cpu_capabilities
+
+    if "BF16" not in cpu_capabilities():
+        pytest.skip("the build checks bf16 first only on CPUs with AVX512-BF16/AMX")
+    real = build_module.evaluate_precision
+
+    def forced(*args, inference_precision=None, **kwargs):
+        reports, problems = real(*args, inference_precision=inference_precision, **kwargs)
+        return reports, problems + ([f"forced miss at {inference_precision}"] if inference_precision in missed else [])
+
+    monkeypatch.setattr(build_module, "evaluate_precision", forced)
+    messages: list[str] = []
+    out = tmp_path / "ov"
+    options = dict(checkpoint=DEFAULT_CHECKPOINT, output_dir=out, backend="openvino", seq=["1,16,32"],
+                   batch=["1,2,4"], progress=messages.append)
+    if missed == ("bf16", "f32"):
+        with pytest.raises(BuildError, match=r"misses its accuracy bar at OpenVINO inference precision f32 "
+                                             r"\(also missed at bf16\)"):
+            build_artifact("mlm", "int8", **options)
+        assert not out.exists()
+        return
+    sidecar = build_artifact("mlm", "int8", **options).sidecar
+    assert sidecar["openvino"]["inference_precision"] == "f32"
+    rejected = sidecar["openvino"]["rejected_inference_precisions"]
+    assert list(rejected) == ["bf16"] and "forced miss at bf16" in rejected["bf16"]  # (32-token text: bf16 may miss too)
+    assert any("forced miss at bf16" in m and "trying inference precision f32" in m for m in messages)
+
+
 def test_openvino_choices_follow_the_cpu(checkpoint, tmp_path):
     """auto picks OpenVINO only where its int8 kernels measured faster (int8 dot-product CPUs); bf16 is
     refused before any work on CPUs without it."""

@@ -7,8 +7,9 @@ where OpenVINO reports the capability.
 
 Compiled blobs are cached with OpenVINO's own `CACHE_DIR`, inside a folder keyed on the OpenVINO
 version and the sha256 of the graph files (`<cache>/<version>-<sha256[:16]>`), so a blob of another
-graph or another OpenVINO is never loaded (OpenVINO adds the compile options to its own key; its own
-key follows the file path, not only the content). A read-only cache folder still serves the blobs it
+graph or another OpenVINO is never loaded (OpenVINO's own key follows the file path, not only the
+content). One blob serves every inference precision: the CPU plugin applies it when it loads the
+blob (a bf16 load of a blob written at f32 computes in bf16: tests/test_runtime_openvino.py). A read-only cache folder still serves the blobs it
 holds; one that cannot be created, or a miss in a read-only one, compiles without the cache, and
 `Compiled.cache` says which.
 """
