@@ -306,9 +306,10 @@ def openvino_status() -> tuple[bool, str]:
 
 
 #: OpenVINO's int8 kernels need int8 dot-product instructions (machine.INT8_DOT_PRODUCT_FLAGS) to beat
-#: ONNX Runtime: with AVX-512 VNNI its Q/DQ graph ran 1.16x the ONNX Runtime CPU recipe's speed
-#: (issue 13, 345M 1 x 128); on AVX2 alone it ran its int8 layers no faster than f32, at 0.4-0.5x of
-#: ONNX Runtime's dynamic INT8 (README "OpenVINO (CPU)").
+#: ONNX Runtime: on an AVX-512 VNNI/BF16 EPYC its Q/DQ graph at bf16 ran 1.14-1.23x the ONNX Runtime
+#: CPU recipe's speed at 345M 1 x 128 (1.05-1.30x at 8 x 128; at f32 0.95-1.0x) and its f32 graph
+#: 1.0-1.14x ONNX Runtime FP32; on AVX2 alone it ran its int8 layers no faster than f32, at 0.57-0.62x
+#: of ONNX Runtime's dynamic INT8 (README "OpenVINO (CPU)").
 
 
 def choose_backend(requested: str, say: Progress) -> str:
