@@ -63,6 +63,7 @@ def test_blob_cache_is_keyed_on_version_and_graph_and_never_stale(mlm, tmp_path)
     assert first.cache.startswith("written to")
     key = Path(first.cache.split("written to ")[1])
     assert key.parent == folder / "openvino-cache" and key.name.startswith(openvino_version() + "-")
+    assert key.name.endswith("-f32")  # keyed on the precision too: see the bf16 test
     expected = first.run(_feeds(2, 11))["logits"]
     first.close()
     again = OvMegatronBert(folder, threads=1)
@@ -184,8 +185,8 @@ def test_bf16_is_refused_on_cpus_without_it_and_runs_where_present(mlm, tmp_path
     with OvMegatronBert(mlm, inference_precision="bf16", cache_dir=False) as ov:
         assert ov.inference_precision == "bf16" and ov.precision == "bf16"
         assert ov.verify().passed
-    # One blob serves both precisions: OpenVINO's CPU cache holds the graph before the precision is
-    # applied, so a bf16 load of a blob written at f32 computes in bf16, never the cached f32 graph.
+    # Each precision has its own blob folder: OpenVINO's cache key leaves the precision out, and on an
+    # AMX CPU a bf16 load of a blob written at f32 crashed the process in its first inference.
     from mbert_export.runtime.openvino import OpenVinoBackend
 
     graph = mlm / "model.onnx"
@@ -195,14 +196,18 @@ def test_bf16_is_refused_on_cpus_without_it_and_runs_where_present(mlm, tmp_path
 
     def logits(precision, cache):
         backend = OpenVinoBackend(graph, inference_precision=precision, cache_dir=cache)
-        return backend.describe(), backend.infer(feeds)["logits"]
+        return backend.cache, backend.infer(feeds)["logits"]
 
     _, bf16_alone = logits("bf16", False)
     said_f32, f32_cached = logits("f32", tmp_path / "cache")
-    said_bf16, bf16_cached = logits("bf16", tmp_path / "cache")
-    assert "written to" in said_f32 and "loaded from" in said_bf16
-    np.testing.assert_array_equal(bf16_cached, bf16_alone)
-    assert np.abs(bf16_cached - f32_cached).max() > 1e-3
+    said_bf16, bf16_written = logits("bf16", tmp_path / "cache")
+    said_again, bf16_loaded = logits("bf16", tmp_path / "cache")
+    assert said_f32.startswith("written to") and said_f32.endswith("-f32")
+    assert said_bf16.startswith("written to") and said_bf16.endswith("-bf16")
+    assert said_again == said_bf16.replace("written to", "loaded from")
+    np.testing.assert_array_equal(bf16_written, bf16_alone)
+    np.testing.assert_array_equal(bf16_loaded, bf16_alone)
+    assert np.abs(bf16_loaded - f32_cached).max() > 1e-3
 
 
 def test_bad_settings_are_clear_errors(mlm):

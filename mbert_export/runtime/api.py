@@ -53,7 +53,7 @@ class OvMegatronBert(MegatronBertPipeline):
     says what runs; an FP32/FP16 graph at bf16 is judged by the bf16 bars in `verify()`.
     threads / performance_hint ("latency", "throughput") / num_streams: OpenVINO CPU settings.
     cache_dir: compiled blobs (default `openvino-cache/` beside the graph, keyed on the OpenVINO
-    version and the graph's sha256; False: no cache). `self.cache` says whether it was used.
+    version, the graph's sha256 and the inference precision; False: no cache). `self.cache` says whether it was used.
     """
 
     def __init__(self, path: str | os.PathLike, *, inference_precision: str | None = None,

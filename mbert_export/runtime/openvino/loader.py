@@ -6,12 +6,13 @@ model), so the inference precision is always set explicitly: "f32" (default), or
 where OpenVINO reports the capability.
 
 Compiled blobs are cached with OpenVINO's own `CACHE_DIR`, inside a folder keyed on the OpenVINO
-version and the sha256 of the graph files (`<cache>/<version>-<sha256[:16]>`), so a blob of another
-graph or another OpenVINO is never loaded (OpenVINO's own key follows the file path, not only the
-content). One blob serves every inference precision: the CPU plugin applies it when it loads the
-blob (a bf16 load of a blob written at f32 computes in bf16: tests/test_runtime_openvino.py). A read-only cache folder still serves the blobs it
-holds; one that cannot be created, or a miss in a read-only one, compiles without the cache, and
-`Compiled.cache` says which.
+version, the sha256 of the graph files and the inference precision
+(`<cache>/<version>-<sha256[:16]>-<precision>`), so a blob of another graph, another OpenVINO or another
+precision is never loaded. OpenVINO's own key follows the file path, not only the content, and leaves
+the precision out: on an AMX CPU (Intel Xeon, OpenVINO 2026.4) a bf16 load of a blob written at f32
+crashed the process in its first inference, so each precision gets its own folder. A read-only
+cache folder still serves the blobs it holds; one that cannot be created, or a miss in a read-only
+one, compiles without the cache, and `Compiled.cache` says which.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def compile_graph(onnx_path: str | os.PathLike, *, inference_precision: str | No
     cache, folder, read_only = "off", None, False
     if cache_dir is not False:
         root = Path(cache_dir) if cache_dir not in (None, True) else onnx_path.parent / DEFAULT_CACHE_FOLDER
-        folder = root / f"{openvino_version()}-{graph_sha256(onnx_path)[:16]}"
+        folder = root / f"{openvino_version()}-{graph_sha256(onnx_path)[:16]}-{precision}"
         problem = _writable(folder)
         if problem is None or folder.is_dir():  # a read-only folder still serves the blobs it holds
             options["CACHE_DIR"], read_only = str(folder), problem is not None
