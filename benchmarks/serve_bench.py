@@ -167,7 +167,11 @@ def run_perf_analyzer(binary: Path, env: dict, url: str, model: str, clients: in
     command = [str(binary), "-m", model, "-u", url.removeprefix("http://"), "-i", "http", "--input-data", str(data),
                "--concurrency-range", str(clients), "--measurement-interval", str(int(seconds * 1000)),
                "--stability-percentage", "50", "--max-trials", "6", "--percentile", "50", "-f", str(csv)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30 * seconds + 120)
+    limit = 30 * seconds + 120
+    try:  # subprocess.run kills perf_analyzer when the limit passes
+        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"perf_analyzer did not finish within {limit:.0f} s (stopped)") from None
     if result.returncode != 0 or not csv.exists():
         raise RuntimeError(f"perf_analyzer failed ({result.returncode}): {(result.stdout + result.stderr)[-800:]}")
     header, row = csv.read_text().splitlines()[:2]
@@ -279,6 +283,10 @@ def markdown(report: dict) -> str:
                   f"{s.get('throughput_ratio_8_perf_analyzer')} with perf_analyzer (goal >= 0.9). "
                   f"Executed batch sizes (dynamic batching): {report.get('executed_batch_sizes')}. "
                   f"Requests sent to Triton: {s['triton_requests']}, failed: {s['triton_failed']}."]
+    failures = report.get("perf_analyzer_failures")
+    if failures:
+        lines += ["", f"perf_analyzer runs that failed ({len(failures)}; those cells hold the other rounds): "
+                      + "; ".join(failures) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -337,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         write_echo_model(repository)
         busy_echo = write_echo_model(repository, "echo_busy")
         report["busy_echo_ms"] = []  # per round
+        report["perf_analyzer_failures"] = []
         modes = {"in-process, threads": None, "in-process, batched": None, LONE_IDLE: None,
                  "triton python, dynamic batching": "mlm", "triton python, no batching": "mlm_plain",
                  "triton echo model (floor)": "echo", BUSY_ECHO: "echo_busy"}
@@ -362,7 +371,14 @@ def main(argv: list[str] | None = None) -> int:
                         elif mode == "in-process, batched":
                             result = run_batched(runtimes, n, args.seconds, args.max_requests)
                         elif mode.endswith("perf_analyzer"):
-                            result = run_perf_analyzer(pa_binary, pa_env, server.http_url, model, n, args.seconds, work)
+                            try:
+                                result = run_perf_analyzer(pa_binary, pa_env, server.http_url, model, n,
+                                                           args.seconds, work)
+                            except RuntimeError as exc:  # one lost cell, said and recorded, not a lost run
+                                failure = f"round {round_index + 1}, {n} clients, {mode}: {exc}"
+                                report["perf_analyzer_failures"].append(failure)
+                                print(f"round {round_index + 1}: {n:>3} clients  {mode:<48} FAILED: {exc}", flush=True)
+                                continue
                         else:
                             def make_call(url=server.http_url, model=model):
                                 return TritonMegatronBert(url, model, timeout=120).fill_mask
