@@ -453,6 +453,9 @@ def test_method_of_another_task_is_refused(build):
     (lambda rt: rt.fill_mask("[MASK]", targets=[" "]), ValueError, "none of the targets"),
     (lambda rt: rt.run({"input_ids": np.zeros((1, 65), dtype=np.int64)}), ValueError, "maximum of 64"),
     (lambda rt: rt.run({"input_ids": np.full((1, 4), 10_000)}), ValueError, "must lie in 0.."),
+    # uint64 ids at or above 2**63 are reported as given, not wrapped to negative by the int64 cast
+    (lambda rt: rt.run({"input_ids": np.full((1, 4), 2**63 + 5, dtype=np.uint64)}), ValueError,
+     f"got {2**63 + 5}..{2**63 + 5}"),
     (lambda rt: rt.run({"input_ids": np.zeros((1, 4)), }), TypeError, "must hold integers"),
     (lambda rt: rt.run({"input_ids": np.zeros(4, dtype=np.int64)}), ValueError, "must have 2 axes"),
     (lambda rt: rt.run({"input_ids": np.zeros((1, 4), dtype=np.int64), "pixel": 1}), ValueError, "unknown input"),
@@ -465,6 +468,8 @@ def test_method_of_another_task_is_refused(build):
      "truncation='only_second' cuts the second text of a pair and there is none"),
     (lambda rt: OrtMegatronBert(None), TypeError, "the artifact is a folder .* path, got NoneType"),
     (lambda rt: OrtMegatronBert(rt.artifact.folder, providers=5), TypeError, "providers must be a name or a list"),
+    (lambda rt: OrtMegatronBert(rt.artifact.folder, max_batch=0), ValueError, "max_batch must be a positive integer"),
+    (lambda rt: OrtMegatronBert(rt.artifact.folder, max_batch=2.0), ValueError, "max_batch must be a positive integer"),
     (lambda rt: OrtMegatronBert(rt.artifact.folder, session_options="fast"), TypeError,
      "session_options must be an onnxruntime.SessionOptions, got str"),
     (lambda rt: rt.run({"input_ids": [[2, 10, 3], [2, 3]]}), ValueError, "input_ids must be a rectangular array"),

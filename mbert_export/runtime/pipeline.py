@@ -69,8 +69,8 @@ class MegatronBertPipeline:
             artifact.check_tokenizer(tokenizer)
         self.tokenizer = tokenizer
 
-        if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
-            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+        if max_batch is not None:
+            max_batch = positive_int(max_batch, "max_batch")
         limits = [b for b in (max_batch, backend.max_batch, artifact.max_batch) if b]
         self.max_batch = min(limits) if limits else DEFAULT_MAX_BATCH
         seq_limits = [artifact.max_position_embeddings, backend.max_seq, artifact.max_seq_len]
@@ -211,7 +211,7 @@ class MegatronBertPipeline:
         if "input_ids" not in feeds:
             raise ValueError("run() needs input_ids")
         rank = len(self.task.input_axes)
-        arrays = {}
+        arrays, given = {}, {}
         for name, value in feeds.items():
             try:
                 array = np.asarray(value)
@@ -223,7 +223,7 @@ class MegatronBertPipeline:
             if array.ndim != rank:
                 axes = ", ".join(self.task.input_axes[i] for i in range(rank))
                 raise ValueError(f"{name} must have {rank} axes ({axes}), got shape {list(array.shape)}")
-            arrays[name] = array.astype(np.int64, copy=False)
+            arrays[name], given[name] = array.astype(np.int64, copy=False), array
         shape = arrays["input_ids"].shape
         for name, array in arrays.items():
             if array.shape != shape:
@@ -240,7 +240,7 @@ class MegatronBertPipeline:
                   "token_type_ids": (self.artifact.type_vocab_size, "the model's segment types"),
                   "attention_mask": (2, "1 = attend, 0 = padding")}
         for name, (size, meaning) in limits.items():
-            values = arrays[name]
+            values = given.get(name, arrays[name])  # before the int64 cast: uint64 ids >= 2**63 would wrap
             if values.min() < 0 or values.max() >= size:
                 raise ValueError(f"{name} must lie in 0..{size - 1} ({meaning}), got {int(values.min())}.."
                                  f"{int(values.max())}")
