@@ -211,7 +211,7 @@ class MegatronBertPipeline:
         if "input_ids" not in feeds:
             raise ValueError("run() needs input_ids")
         rank = len(self.task.input_axes)
-        arrays, given = {}, {}
+        arrays = {}  # as given: cast to int64 only after the range check (uint64 ids >= 2**63 would wrap)
         for name, value in feeds.items():
             try:
                 array = np.asarray(value)
@@ -223,7 +223,7 @@ class MegatronBertPipeline:
             if array.ndim != rank:
                 axes = ", ".join(self.task.input_axes[i] for i in range(rank))
                 raise ValueError(f"{name} must have {rank} axes ({axes}), got shape {list(array.shape)}")
-            arrays[name], given[name] = array.astype(np.int64, copy=False), array
+            arrays[name] = array
         shape = arrays["input_ids"].shape
         for name, array in arrays.items():
             if array.shape != shape:
@@ -240,11 +240,11 @@ class MegatronBertPipeline:
                   "token_type_ids": (self.artifact.type_vocab_size, "the model's segment types"),
                   "attention_mask": (2, "1 = attend, 0 = padding")}
         for name, (size, meaning) in limits.items():
-            values = given.get(name, arrays[name])  # before the int64 cast: uint64 ids >= 2**63 would wrap
+            values = arrays[name]
             if values.min() < 0 or values.max() >= size:
                 raise ValueError(f"{name} must lie in 0..{size - 1} ({meaning}), got {int(values.min())}.."
                                  f"{int(values.max())}")
-        return self._infer({n: arrays[n] for n in self.task.inputs}, trim=False)
+        return self._infer({n: arrays[n].astype(np.int64, copy=False) for n in self.task.inputs}, trim=False)
 
     # ------------------------------------------------------------------ masked LM
     def fill_mask(self, text: str | Sequence[str], top_k: int = 5, targets: str | Sequence[str] | None = None,
